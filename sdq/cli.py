@@ -1,0 +1,43 @@
+"""Entry-point guard: user errors become one line on stderr and a non-zero exit, not a traceback.
+
+>>> @guarded
+... def main(cfg): ...
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from sdq.errors import SdqError
+
+EXIT_USER_ERROR = 2
+
+
+def quiet_third_party() -> None:
+    """Keep the console readable: no HF/Lightning chatter that is not actionable."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    for name in ("transformers.modeling_utils", "lightning.pytorch.utilities.rank_zero", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn``; on :class:`SdqError` print ``error: <message>`` and exit with status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        quiet_third_party()
+        try:
+            return fn(*args, **kwargs)
+        except SdqError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            if os.environ.get("SDQ_FULL_ERROR"):
+                raise
+            sys.exit(EXIT_USER_ERROR)
+
+    return wrapper

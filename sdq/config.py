@@ -1,0 +1,102 @@
+"""Config checks and shortcuts applied right after Hydra composes, before any model is loaded.
+
+>>> cfg = resolve_config(cfg)   # applies bits=N, validates task/method/quant/languages
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from sdq.errors import SdqConfigError
+
+METHODS = ("fp", "fp_continued", "ptq", "qat", "qat_kd", "sdq", "sdq_noise")
+DEFAULT_WEIGHT = {"bits": 8, "scheme": "uniform", "symmetric": True, "granularity": "channel", "observer": "minmax"}
+DEFAULT_EMBEDDING = {"bits": 8, "scheme": "uniform", "symmetric": True, "granularity": "row", "observer": "minmax"}
+DEFAULT_ACT = {"bits": 8, "scheme": "uniform", "symmetric": False, "granularity": "tensor", "observer": "ema"}
+
+
+def quant_tag(name: str, bits: Any) -> str:
+    """Run-dir tag: the quant preset, plus the bits shortcut when given (``w8a8`` / ``w8a8-b4``)."""
+    return name if bits in (None, "None", "null") else f"{name}-b{bits}"
+
+
+if not OmegaConf.has_resolver("sdq_quant_tag"):
+    OmegaConf.register_new_resolver("sdq_quant_tag", quant_tag)
+
+
+def _check_bits(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
+        raise SdqConfigError(
+            f"{where}={value!r} is not a supported bit-width: use an integer from 1 to 8 "
+            "(e.g. bits=8, bits=4, bits=2), or quant=fp32 for full precision"
+        )
+    return value
+
+
+def apply_bits_shortcut(cfg: DictConfig) -> None:
+    """``bits=N`` sets the weight and embedding bits (activations stay 8 unless given)."""
+    bits = cfg.get("bits")
+    if bits is None:
+        return
+    _check_bits(bits, "bits")
+    with open_dict(cfg):
+        q = cfg.quant
+        if q.get("weight") is None:
+            q.weight = dict(DEFAULT_WEIGHT)
+            q.act = q.get("act") or dict(DEFAULT_ACT)
+        if q.get("embedding") is None:
+            q.embedding = dict(DEFAULT_EMBEDDING)
+        q.weight.bits = bits
+        q.embedding.bits = bits
+
+
+def quant_dict(cfg: DictConfig) -> dict:
+    """The quant section as the plain dict ``QuantConfig.from_dict`` takes (method quant-noise merged)."""
+    q = OmegaConf.to_container(cfg.quant, resolve=True)
+    q.pop("name", None)
+    q.pop("defaults", None)
+    noise = cfg.method.get("quant_noise", 0.0) or 0.0
+    if noise:
+        q["quant_noise_p"] = float(noise)
+    return q
+
+
+def resolve_config(cfg: DictConfig) -> DictConfig:
+    """Apply shortcuts and validate every user choice that can be checked without loading a model."""
+    from sdq.data.tasks import get_task
+    from sdq.quant import QuantConfig
+
+    apply_bits_shortcut(cfg)
+    spec = get_task(cfg.task.name)  # unknown task -> SdqConfigError listing the known ones
+    if cfg.method.name not in METHODS:
+        raise SdqConfigError(f"method={cfg.method.name!r} is unknown; choose one of: {', '.join(METHODS)}")
+    langs = cfg.data.get("languages")
+    if langs is not None:
+        bad = [lang for lang in langs if lang not in spec.languages]
+        if bad:
+            raise SdqConfigError(
+                f"data.languages: {', '.join(map(str, bad))} not in task {spec.name} "
+                f"(languages: {', '.join(spec.languages)})"
+            )
+    if cfg.method.quantize:
+        QuantConfig.from_dict(quant_dict(cfg)).validate()
+    return cfg
+
+
+def fingerprint(cfg: DictConfig) -> dict:
+    """What a checkpoint must agree on to be resumed or reused by this config."""
+    return {
+        "model": str(cfg.model.name_or_path),
+        "task": str(cfg.task.name),
+        "method": str(cfg.method.name),
+        "quant": quant_dict(cfg) if cfg.method.quantize else None,
+    }
+
+
+def stable_hash(obj: Any) -> str:
+    """Short content hash of a JSON-able object (teacher cache keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

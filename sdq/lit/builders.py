@@ -1,0 +1,79 @@
+"""Build the Lightning Trainer, logger and callbacks from the Hydra config.
+
+>>> trainer = build_trainer(cfg, run_dir / "student", max_epochs=2, monitor="val/xnli/avg/acc")
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+
+def wandb_reachable(host: str = "api.wandb.ai", port: int = 443, timeout: float = 1.5) -> bool:
+    """True when the W&B server answers a TCP connect within ``timeout`` seconds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def build_logger(cfg: DictConfig, save_dir: Path, tags: dict[str, str]):
+    """CSV / W&B / no logger. W&B falls back to offline mode with a warning when unreachable."""
+    lcfg = cfg.get("logger")
+    if not lcfg or not lcfg.get("_target_"):
+        return False
+    lcfg = OmegaConf.to_container(lcfg, resolve=True)
+    lcfg["save_dir"] = str(save_dir)
+    if "Wandb" in lcfg["_target_"]:
+        if not lcfg.get("offline") and not wandb_reachable():
+            log.warning("W&B is unreachable: logging offline to %s/wandb (sync later with `wandb sync`)", save_dir)
+            lcfg["offline"] = True
+        lcfg.setdefault("tags", [f"{k}={v}" for k, v in tags.items()])
+        lcfg.setdefault("group", f"{tags.get('task')}-{tags.get('model')}")
+        lcfg.setdefault("name", "-".join(str(v) for v in tags.values()))
+    logger = hydra.utils.instantiate(lcfg)
+    if hasattr(logger, "log_hyperparams"):
+        logger.log_hyperparams({**tags, "config": OmegaConf.to_container(cfg, resolve=True)})
+    return logger
+
+
+def build_trainer(
+    cfg: DictConfig,
+    stage_dir: Path,
+    max_epochs: int,
+    monitor: str,
+    logger=False,
+    enable_checkpointing: bool = True,
+) -> pl.Trainer:
+    """Trainer from ``conf/trainer`` + best/last checkpoints selected on the average dev metric."""
+    callbacks = []
+    if enable_checkpointing:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=stage_dir / "checkpoints",
+                filename="best",
+                monitor=monitor,
+                mode="max",
+                save_last=True,
+                save_top_k=1,
+                auto_insert_metric_name=False,
+            )
+        )
+    tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    tcfg.update(
+        max_epochs=max_epochs,
+        default_root_dir=str(stage_dir),
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=enable_checkpointing,
+    )
+    return hydra.utils.instantiate(tcfg, _convert_="object")

@@ -1,0 +1,207 @@
+"""The LightningModule where teacher, student, losses and metrics meet.
+
+A frozen full-precision **teacher** (eval mode, no grad, out of the optimizer, bf16 on GPU) and a
+trained **student** (FP for `method=fp`, fake-quantized for qat/qat_kd/sdq/...). Validation and
+test run one dataloader per language (zero-shot cross-lingual) and log
+``{stage}/{task}/{lang}/{metric}``, the average ``{stage}/{task}/avg/{metric}`` and, with a teacher,
+fidelity (``agree``: same prediction share in percent, ``kl``: mean KL(teacher ‖ student)).
+
+>>> module = SDQModule(student, teacher, DistillLoss(ce=1, logits_kl=1, attn_out=1), task_info,
+...                    val_languages=["en", "de"], test_languages=["en", "de"], lr=2e-5)
+>>> pl.Trainer(max_epochs=1).fit(module, datamodule=dm)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from sdq.distill import DistillLoss, capture
+from sdq.errors import SdqError
+from sdq.lit.evaluation import LanguageAccumulator, aggregate
+from sdq.lit.optim import build_optimizer
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the module needs to know about the task (kept apart from the data room)."""
+
+    name: str
+    head: str  # seq_cls | token_cls | rank
+    metric: str  # acc | f1 | ndcg
+    label_names: tuple[str, ...]
+
+
+class SDQModule(pl.LightningModule):
+    """Teacher–student training and per-language evaluation (see module docstring)."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        loss: DistillLoss,
+        task: TaskInfo,
+        val_languages: list[str],
+        test_languages: list[str],
+        lr: float = 2e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        freeze_embeddings: bool = False,
+        teacher_bf16: bool = True,
+        diag_batch: dict[str, torch.Tensor] | None = None,
+        fingerprint: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.eval()
+            teacher.requires_grad_(False)
+        self.loss = loss
+        self.task = task
+        self.val_languages, self.test_languages = list(val_languages), list(test_languages)
+        self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
+        self.teacher_bf16 = teacher_bf16
+        self.diag_batch = diag_batch
+        self.fingerprint = fingerprint or {}
+        if freeze_embeddings:
+            self.student.get_input_embeddings().requires_grad_(False)
+        self.results: dict[str, dict[str, dict[str, float]]] = {}
+        self.layer_error_history: list[dict] = []
+        self._acc: dict[str, LanguageAccumulator] = {}
+        self._teacher_cache: dict[tuple[str, int, int], torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ setup
+    def train(self, mode: bool = True) -> SDQModule:
+        """Keep the teacher in eval mode whatever Lightning asks of the module."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def _maybe_bf16_teacher(self) -> None:
+        if self.teacher is not None and self.teacher_bf16 and self.device.type == "cuda":
+            self.teacher.to(torch.bfloat16)
+
+    def on_fit_start(self) -> None:
+        self._maybe_bf16_teacher()
+
+    def on_test_start(self) -> None:
+        self._maybe_bf16_teacher()
+
+    def configure_optimizers(self):
+        return build_optimizer(
+            self.student, self.lr, self.weight_decay, self.warmup_ratio, self.trainer.estimated_stepping_batches
+        )
+
+    # --------------------------------------------------------------- training
+    @staticmethod
+    def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+    def _teacher_forward(self, inputs: dict[str, torch.Tensor], **flags):
+        with torch.no_grad(), capture(self.teacher, **flags) as cap:
+            cap.logits = self.teacher(**inputs).logits.float()
+        return cap
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        inputs, flags = self._inputs(batch), self.loss.capture_flags
+        with capture(self.student, **flags) as s_cap:
+            s_cap.logits = self.student(**inputs).logits
+        t_cap = self._teacher_forward(inputs, **flags) if self.loss.needs_teacher else None
+        total, parts = self.loss(s_cap, t_cap, batch["labels"], batch["attention_mask"])
+        if not torch.isfinite(total):
+            raise SdqError(
+                f"loss is {total.item()} at global step {self.global_step} (parts: "
+                f"{ {k: round(float(v), 4) for k, v in parts.items()} }); the last good checkpoint is kept "
+                "in the run's checkpoints/ dir: lower the learning rate (method.lr=...) or raise the bits"
+            )
+        bs = batch["input_ids"].shape[0]
+        self.log("train/loss", total, prog_bar=True, batch_size=bs)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, batch_size=bs)
+        return total
+
+    # ------------------------------------------------------------- evaluation
+    def _languages(self, stage: str) -> list[str]:
+        return self.val_languages if stage == "val" else self.test_languages
+
+    def _eval_step(self, stage: str, batch: dict[str, torch.Tensor], batch_idx: int, dl_idx: int) -> None:
+        lang = self._languages(stage)[dl_idx]
+        inputs = self._inputs(batch)
+        logits = self.student(**inputs).logits
+        t_logits = None
+        if self.teacher is not None:
+            key = (stage, dl_idx, batch_idx)
+            if key not in self._teacher_cache:  # the teacher is frozen: its logits never change
+                self._teacher_cache[key] = self._teacher_forward(inputs).logits.cpu()
+            t_logits = self._teacher_cache[key].to(logits.device)
+        acc = self._acc.setdefault(f"{stage}/{lang}", LanguageAccumulator(self.task.head))
+        group = batch.get("group") if self.task.head == "rank" else None
+        acc.add(logits, batch["labels"], group=group, teacher_logits=t_logits)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0) -> None:
+        self._eval_step("val", batch, batch_idx, dataloader_idx)
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0) -> None:
+        self._eval_step("test", batch, batch_idx, dataloader_idx)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        per_lang = {}
+        for lang in self._languages(stage):
+            acc = self._acc.pop(f"{stage}/{lang}", None)
+            if acc is not None:
+                per_lang[lang] = acc.summary(self.task.metric, self.task.label_names)
+        if not per_lang:
+            return
+        per_lang["avg"] = aggregate(per_lang)
+        self.results[stage] = per_lang
+        base = f"{stage}/{self.task.name}"
+        for lang, values in per_lang.items():
+            for key, value in values.items():
+                if key == "n":
+                    continue
+                name = self.task.metric if key == "metric" else key
+                self.log(f"{base}/{lang}/{name}", float(value), add_dataloader_idx=False, sync_dist=True)
+        if stage == "val":
+            self._log_layer_errors()
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def _log_layer_errors(self) -> None:
+        """Accumulated quantization error per layer on a fixed validation batch."""
+        if self.teacher is None or self.diag_batch is None or self.trainer.sanity_checking:
+            return
+        from sdq.distill import layer_errors
+
+        batch = {k: v.to(self.device) for k, v in self.diag_batch.items()}
+        errors = layer_errors(self.student, self.teacher, self._inputs(batch))
+        self.layer_error_history.append({"epoch": self.current_epoch, **errors})
+        for kind, values in errors.items():
+            for layer, value in enumerate(values):
+                if math.isfinite(value):
+                    self.log(f"diag/{kind}/layer{layer:02d}", float(value), add_dataloader_idx=False)
+
+    # ------------------------------------------------------------- checkpoint
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["sdq"] = {"fingerprint": self.fingerprint, "layer_errors": self.layer_error_history}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("sdq", {}).get("fingerprint")
+        if saved is not None and self.fingerprint and saved != self.fingerprint:
+            diff = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
+            raise SdqError(
+                f"checkpoint was written for a different run config (differs in: {', '.join(diff)}); "
+                "resume with the same model/task/method/quant settings or start a new run directory"
+            )
+        self.layer_error_history = checkpoint.get("sdq", {}).get("layer_errors", [])

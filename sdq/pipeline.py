@@ -1,0 +1,80 @@
+"""One run: (optional) teacher fine-tuning, student preparation, calibration, training, test, results.
+
+``train.py`` calls :func:`run` with the composed Hydra config; everything it does lives here.
+
+>>> results = run(cfg)              # writes <run dir>/results.json
+>>> results["xnli"]["test"]["avg"]  # average test metric over languages
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sdq.config import fingerprint, quant_dict, resolve_config
+from sdq.data.tasks import get_task
+from sdq.lit.stage import build_datamodule, fit_and_test, make_module
+from sdq.models import build_model, load_tokenizer, resolve_backbone
+from sdq.results import print_table, write_results
+from sdq.teacher import calibrate, load_weights, obtain_teacher
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
+    """Run one configured job end to end; returns the results dict also written to results.json."""
+    cfg = resolve_config(cfg)
+    if run_dir is None:
+        run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+    spec = get_task(cfg.task.name)
+    method = cfg.method
+    tags = {"model": cfg.model.name, "task": spec.name, "method": method.name, "quant": cfg.quant.name,
+            "bits": cfg.bits if cfg.bits is not None else cfg.quant.name}
+
+    backbone = resolve_backbone(cfg.model.name_or_path)  # offline + not cached -> SdqModelError
+    tokenizer = load_tokenizer(backbone)
+    dm = build_datamodule(cfg, tokenizer)
+    loss = hydra.utils.instantiate(method.loss)
+
+    teacher = None
+    teacher_path = None
+    if method.use_teacher or method.quantize:
+        teacher_path = obtain_teacher(cfg, backbone, dm, run_dir)
+        teacher = build_model(backbone, spec.kind, dm.num_labels)
+        load_weights(teacher, teacher_path)
+    if teacher is not None:
+        student = copy.deepcopy(teacher)
+    else:
+        student = build_model(backbone, spec.kind, dm.num_labels)
+
+    report = None
+    if method.quantize:
+        from sdq.quant import QuantConfig, prepare
+
+        report = prepare(student, QuantConfig.from_dict(quant_dict(cfg)))
+        log.info("quantization report:\n%s", report)
+        if method.calibrate_batches:
+            calibrate(student, dm.train_dataloader(), int(method.calibrate_batches), learn=bool(method.train))
+
+    epochs = int(method.epochs if method.epochs is not None else cfg.task.epochs)
+    lr = float(method.lr if method.lr is not None else cfg.task.lr)
+    module = make_module(cfg, student, teacher, loss, dm, lr, fingerprint(cfg))
+    fit_and_test(cfg, module, dm, run_dir, epochs, bool(method.train), tags, ckpt_path=cfg.get("ckpt_path"))
+
+    results = write_results(
+        run_dir, spec, module.results, module.layer_error_history,
+        meta={**tags, "teacher_ckpt": str(teacher_path) if teacher_path else None,
+              "quant_report": report.to_dict() if report is not None else None,
+              "config": OmegaConf.to_container(cfg, resolve=True)},
+    )
+    print_table(results, spec)
+    return results

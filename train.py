@@ -1,0 +1,26 @@
+"""Train (and evaluate per language) one configured run.
+
+    python train.py                                   # embedded me5_small + demo task, offline
+    python train.py model=xlmr task=xnli bits=4 data.root=<xglue_full_dataset>
+    python train.py -m method=ptq,qat,qat_kd,sdq bits=8,4,2
+
+Returns the average test metric (for Hydra sweepers); writes results.json into the run dir.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from sdq.cli import guarded
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@guarded
+def main(cfg: DictConfig) -> float | None:
+    from sdq.pipeline import run
+
+    results = run(cfg)
+    return results[cfg.task.name].get("test", {}).get("avg")
+
+
+if __name__ == "__main__":
+    main()
