@@ -68,7 +68,6 @@ def quant_dict(cfg: DictConfig) -> dict:
 def resolve_config(cfg: DictConfig) -> DictConfig:
     """Apply shortcuts and validate every user choice that can be checked without loading a model."""
     from sdq.data.tasks import get_task
-    from sdq.quant import QuantConfig
 
     apply_bits_shortcut(cfg)
     spec = get_task(cfg.task.name)  # unknown task -> SdqConfigError listing the known ones
@@ -83,8 +82,16 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
                 f"(languages: {', '.join(spec.languages)})"
             )
     if cfg.method.quantize:
+        from sdq.quant import QuantConfig
+
         QuantConfig.from_dict(quant_dict(cfg)).validate()
     return cfg
+
+
+def plain_config(cfg: DictConfig) -> dict:
+    """The resolved run config as plain containers, without Hydra's own section."""
+    return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            for k, v in cfg.items() if k != "hydra"}
 
 
 def fingerprint(cfg: DictConfig) -> dict:

@@ -15,9 +15,9 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from sdq.config import fingerprint, quant_dict, resolve_config
+from sdq.config import fingerprint, plain_config, quant_dict, resolve_config
 from sdq.data.tasks import get_task
 from sdq.lit.stage import build_datamodule, fit_and_test, make_module
 from sdq.models import build_model, load_tokenizer, resolve_backbone
@@ -74,7 +74,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         run_dir, spec, module.results, module.layer_error_history,
         meta={**tags, "teacher_ckpt": str(teacher_path) if teacher_path else None,
               "quant_report": report.to_dict() if report is not None else None,
-              "config": OmegaConf.to_container(cfg, resolve=True)},
+              "config": plain_config(cfg)},
     )
     print_table(results, spec)
     return results

@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 
-def write_results(run_dir: Path, spec, stage_results: dict, layer_errors: list, meta: dict) -> dict:
-    """Write ``run_dir/results.json`` atomically and return it."""
+def build_results(spec, stage_results: dict, layer_errors: list, meta: dict) -> dict:
+    """The results.json dict from the module's per-split, per-language summaries."""
     task: dict = {}
     teacher: dict = {}
     fidelity: dict = {}
@@ -38,11 +38,21 @@ def write_results(run_dir: Path, spec, stage_results: dict, layer_errors: list, 
         results["layer_errors"] = layer_errors
     if "config" in meta:
         results["config"] = meta["config"]
-    path = Path(run_dir) / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str))
-    os.replace(tmp, path)
     return results
+
+
+def write_results(run_dir: Path, spec, stage_results: dict, layer_errors: list, meta: dict) -> dict:
+    """Build the results dict, write ``run_dir/results.json`` atomically and return it."""
+    results = build_results(spec, stage_results, layer_errors, meta)
+    save_json(Path(run_dir) / "results.json", results)
+    return results
+
+
+def save_json(path: Path, obj: dict) -> None:
+    """Write JSON atomically (tmp file + rename): a crash never leaves half a file."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
 
 
 def print_table(results: dict, spec, split: str = "test") -> None:

@@ -14,6 +14,9 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from sdq.config import plain_config
+from sdq.lit.checkpoint_io import AtomicCheckpointIO
+
 log = logging.getLogger(__name__)
 
 
@@ -31,7 +34,8 @@ def build_logger(cfg: DictConfig, save_dir: Path, tags: dict[str, str]):
     lcfg = cfg.get("logger")
     if not lcfg or not lcfg.get("_target_"):
         return False
-    lcfg = OmegaConf.to_container(lcfg, resolve=True)
+    lcfg = {k: v for k, v in lcfg.items() if k != "save_dir"}  # the stage dir, not ${hydra:...}
+    lcfg = OmegaConf.to_container(OmegaConf.create(lcfg), resolve=True)
     lcfg["save_dir"] = str(save_dir)
     if "Wandb" in lcfg["_target_"]:
         if not lcfg.get("offline") and not wandb_reachable():
@@ -42,7 +46,7 @@ def build_logger(cfg: DictConfig, save_dir: Path, tags: dict[str, str]):
         lcfg.setdefault("name", "-".join(str(v) for v in tags.values()))
     logger = hydra.utils.instantiate(lcfg)
     if hasattr(logger, "log_hyperparams"):
-        logger.log_hyperparams({**tags, "config": OmegaConf.to_container(cfg, resolve=True)})
+        logger.log_hyperparams({**tags, "config": plain_config(cfg)})
     return logger
 
 
@@ -75,5 +79,6 @@ def build_trainer(
         logger=logger,
         callbacks=callbacks,
         enable_checkpointing=enable_checkpointing,
+        plugins=[AtomicCheckpointIO()],
     )
     return hydra.utils.instantiate(tcfg, _convert_="object")

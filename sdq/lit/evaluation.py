@@ -51,6 +51,7 @@ class LanguageAccumulator:
     labels: list[torch.Tensor] = field(default_factory=list)
     groups: list[torch.Tensor] = field(default_factory=list)
     teacher_preds: list[torch.Tensor] = field(default_factory=list)
+    row_lengths: list[int] = field(default_factory=list)  # token tasks: labelled words per sentence
     agree: float = 0.0
     kl_sum: float = 0.0
     count: int = 0
@@ -64,6 +65,8 @@ class LanguageAccumulator:
     ) -> None:
         """Add one batch. logits (B, C) / (B, T, C); labels (B,) / (B, T); group (B,) or None."""
         flat, lab = flatten_outputs(logits.detach().float(), labels, self.head)
+        if self.head == "token_cls":
+            self.row_lengths.extend((labels != -100).sum(-1).tolist())
         self.preds.append(predictions(flat, self.head).cpu())
         self.labels.append(lab.cpu())
         if group is not None:
@@ -83,15 +86,17 @@ class LanguageAccumulator:
             return {}
         preds, labels = torch.cat(self.preds), torch.cat(self.labels)
         groups = torch.cat(self.groups) if self.groups else None
-        out = {
-            "metric": compute_metric(metric, preds, labels, groups=groups, label_names=label_names),
-            "n": int(labels.shape[0]),
-        }
+
+        def score(p: torch.Tensor) -> float:
+            if metric == "f1" and self.row_lengths:  # entity F1 needs sentence boundaries
+                rows_p = [r.tolist() for r in p.split(self.row_lengths)]
+                rows_l = [r.tolist() for r in labels.split(self.row_lengths)]
+                return compute_metric(metric, rows_p, rows_l, label_names=label_names)
+            return compute_metric(metric, p, labels, groups=groups, label_names=label_names)
+
+        out = {"metric": score(preds), "n": int(labels.shape[0])}
         if self.count:
-            t_preds = torch.cat(self.teacher_preds)
-            out["teacher_metric"] = compute_metric(
-                metric, t_preds, labels, groups=groups, label_names=label_names
-            )
+            out["teacher_metric"] = score(torch.cat(self.teacher_preds))
             out["agree"] = 100.0 * self.agree / self.count
             out["kl"] = self.kl_sum / self.count
         return out

@@ -56,9 +56,10 @@ class SDQModule(pl.LightningModule):
         teacher_bf16: bool = True,
         diag_batch: dict[str, torch.Tensor] | None = None,
         fingerprint: dict | None = None,
+        run_config: dict | None = None,
     ) -> None:
         super().__init__()
-        self.student = student
+        self.student = student.train()  # from_pretrained leaves eval mode; Lightning keeps module modes
         self.teacher = teacher
         if teacher is not None:
             teacher.eval()
@@ -70,6 +71,7 @@ class SDQModule(pl.LightningModule):
         self.teacher_bf16 = teacher_bf16
         self.diag_batch = diag_batch
         self.fingerprint = fingerprint or {}
+        self.run_config = run_config
         if freeze_embeddings:
             self.student.get_input_embeddings().requires_grad_(False)
         self.results: dict[str, dict[str, dict[str, float]]] = {}
@@ -105,16 +107,23 @@ class SDQModule(pl.LightningModule):
     def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: batch[k] for k in MODEL_INPUTS if k in batch}
 
+    @property
+    def needs_teacher(self) -> bool:
+        """True when a loss part compares with the teacher (logits KL, attention outputs, ...)."""
+        return self.teacher is not None and any(
+            self.loss.weights.get(k, 0) > 0 for k in ("logits_kl", "attn_out", "attn_prob", "hidden")
+        )
+
     def _teacher_forward(self, inputs: dict[str, torch.Tensor], **flags):
-        with torch.no_grad(), capture(self.teacher, **flags) as cap:
+        with torch.no_grad(), capture(self.teacher, **flags, detach_outputs=True) as cap:
             cap.logits = self.teacher(**inputs).logits.float()
         return cap
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        inputs, flags = self._inputs(batch), self.loss.capture_flags
+        inputs, flags = self._inputs(batch), self.loss.capture_kwargs
         with capture(self.student, **flags) as s_cap:
             s_cap.logits = self.student(**inputs).logits
-        t_cap = self._teacher_forward(inputs, **flags) if self.loss.needs_teacher else None
+        t_cap = self._teacher_forward(inputs, **flags) if self.needs_teacher else None
         total, parts = self.loss(s_cap, t_cap, batch["labels"], batch["attention_mask"])
         if not torch.isfinite(total):
             raise SdqError(
@@ -140,7 +149,7 @@ class SDQModule(pl.LightningModule):
         if self.teacher is not None:
             key = (stage, dl_idx, batch_idx)
             if key not in self._teacher_cache:  # the teacher is frozen: its logits never change
-                self._teacher_cache[key] = self._teacher_forward(inputs).logits.cpu()
+                self._teacher_cache[key] = self._teacher_forward(inputs, attn_out=False).logits.cpu()
             t_logits = self._teacher_cache[key].to(logits.device)
         acc = self._acc.setdefault(f"{stage}/{lang}", LanguageAccumulator(self.task.head))
         group = batch.get("group") if self.task.head == "rank" else None
@@ -194,7 +203,11 @@ class SDQModule(pl.LightningModule):
 
     # ------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["sdq"] = {"fingerprint": self.fingerprint, "layer_errors": self.layer_error_history}
+        checkpoint["sdq"] = {
+            "fingerprint": self.fingerprint,
+            "config": self.run_config,
+            "layer_errors": self.layer_error_history,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("sdq", {}).get("fingerprint")

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from sdq.config import plain_config
+
 from sdq.data.datamodule import XGLUEDataModule
 from sdq.lit.builders import build_logger, build_trainer
 from sdq.lit.module import SDQModule, TaskInfo
@@ -50,7 +52,7 @@ def make_module(cfg, student, teacher, loss, dm, lr: float, fp: dict) -> SDQModu
         val_languages=dm.val_languages, test_languages=dm.test_languages,
         lr=lr, weight_decay=cfg.task.weight_decay, warmup_ratio=cfg.task.warmup_ratio,
         freeze_embeddings=cfg.task.freeze_embeddings, teacher_bf16=cfg.teacher.bf16,
-        diag_batch=diag, fingerprint=fp,
+        diag_batch=diag, fingerprint=fp, run_config=plain_config(cfg),
     )
 
 
@@ -70,6 +72,6 @@ def fit_and_test(cfg, module, dm, stage_dir: Path, epochs: int, train: bool, tag
             module.on_load_checkpoint(state)
             module.load_state_dict(state["state_dict"])
             log.info("loaded best checkpoint %s", best)
-    trainer.validate(module, datamodule=dm)  # dev results of the selected (best) model
-    trainer.test(module, datamodule=dm)
+    trainer.validate(module, datamodule=dm, verbose=False)  # dev results of the selected (best) model
+    trainer.test(module, datamodule=dm, verbose=False)
     return trainer

@@ -1,0 +1,232 @@
+"""Lightning data module for zero-shot cross-lingual XGLUE: English train, per-language dev/test.
+
+>>> dm = XGLUEDataModule("xnli", root="/data/xglue_full_dataset", tokenizer=tok, batch_size=32)
+>>> dm.setup("fit")
+>>> dm.val_languages, len(dm.val_dataloader())      # (['en', 'ar', ...], 15)
+>>> next(iter(dm.train_dataloader()))["input_ids"].shape   # (B, T) with T = longest in batch
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from sdq.data.collate import Collator
+from sdq.data.tasks import TaskSpec, get_task
+from sdq.data.xglue import available_languages, read_split
+from sdq.errors import SdqConfigError, SdqDataError, SdqModelError
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer(tokenizer: Any) -> Any:
+    """A tokenizer object as given, or a fast tokenizer loaded by name/path."""
+    if not isinstance(tokenizer, (str, Path)):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(tokenizer), use_fast=True)
+    except Exception as e:  # noqa: BLE001
+        raise SdqModelError(f"tokenizer {tokenizer!r} could not be loaded ({type(e).__name__}); "
+                            "pass a local model folder or a tokenizer object") from None
+
+
+def subsample(rows: list, n: int | None, seed: int) -> list:
+    """``n`` rows picked with a seeded RNG, in their original order (all rows when n is None)."""
+    if n is None or n >= len(rows):
+        return rows
+    keep = sorted(random.Random(seed).sample(range(len(rows)), n))
+    return [rows[i] for i in keep]
+
+
+class XGLUEDataModule(pl.LightningDataModule):
+    """Tokenizes once in ``setup``; ``val_dataloader``/``test_dataloader`` return one loader per
+    language, in the order of ``val_languages``/``test_languages``."""
+
+    def __init__(
+        self,
+        task: str,
+        root: str | Path | None = None,
+        tokenizer: Any = None,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        languages: list[str] | None = None,
+        train_lang: str = "en",
+        num_workers: int = 0,
+        seed: int = 0,
+        limit_train: int | None = None,
+        limit_eval: int | None = None,
+        pad_to_multiple_of: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec: TaskSpec = get_task(task)
+        if tokenizer is None:
+            raise SdqConfigError("XGLUEDataModule needs a tokenizer (a fast HF tokenizer object or a name)")
+        self.tokenizer = load_tokenizer(tokenizer)
+        if self.spec.is_token_task and not getattr(self.tokenizer, "is_fast", False):
+            raise SdqConfigError(f"task {self.spec.name} needs a FAST tokenizer (word_ids); "
+                                 f"got {type(self.tokenizer).__name__}")
+        if self.spec.name == "demo" and root is None:
+            from sdq.data.demo import ensure_demo
+
+            root = ensure_demo()
+        self.root = Path(root) if root is not None else None
+        self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
+        self.train_lang, self.num_workers, self.seed = train_lang, num_workers, seed
+        self.limit_train, self.limit_eval = limit_train, limit_eval
+        self.collate = Collator(self._pad_id(), self.spec.is_token_task, pad_to_multiple_of)
+        self.val_languages = self._resolve_languages(languages, "dev")
+        self.test_languages = self._resolve_languages(languages, "test")
+        self._train: list[dict] | None = None
+        self._val: dict[str, list[dict]] | None = None
+        self._test: dict[str, list[dict]] | None = None
+
+    # ---- task facts used by the model side -------------------------------------------------
+    @property
+    def num_labels(self) -> int:
+        return self.spec.num_labels
+
+    @property
+    def head(self) -> str:
+        return self.spec.kind
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.spec.labels
+
+    @property
+    def metric(self) -> str:
+        return self.spec.metric
+
+    # ---- languages and sources ---------------------------------------------------------------
+    def _pad_id(self) -> int:
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        if pad is None:
+            raise SdqConfigError(f"tokenizer {type(self.tokenizer).__name__} has no pad token; set one")
+        return int(pad)
+
+    def _resolve_languages(self, languages: list[str] | None, split: str) -> list[str]:
+        if languages is not None:
+            bad = [lang for lang in languages if lang not in self.spec.languages]
+            if bad:
+                raise SdqConfigError(f"languages {bad} are not in task {self.spec.name} "
+                                     f"(languages: {', '.join(self.spec.languages)})")
+        if self.root is None:  # the hub has every official language
+            return list(languages) if languages is not None else list(self.spec.languages)
+        found = available_languages(self.root, self.spec, split)
+        if languages is not None:
+            missing = [lang for lang in languages if lang not in found]
+            if missing:
+                raise SdqConfigError(
+                    f"data.languages: {', '.join(missing)} have no {self.spec.name} {split} file under "
+                    f"{self.root}; drop them or use data.languages=null (found: {', '.join(found) or 'none'})"
+                )
+            return list(languages)
+        missing = [lang for lang in self.spec.languages if lang not in found]
+        if not found:
+            raise SdqDataError(f"{self.root / self.spec.dir_name}: no {self.spec.name} {split} files; point "
+                               "data.root at an xglue_full_dataset folder")
+        if missing:
+            log.warning("%s %s: languages missing under %s, skipped: %s",
+                        self.spec.name, split, self.root, ", ".join(missing))
+        return found
+
+    def _read(self, lang: str, split: str) -> list[dict]:
+        if self.root is None:
+            from sdq.data.hub import read_hub_split
+
+            return read_hub_split(self.spec, lang, split)
+        return read_split(self.root, self.spec, lang, split)
+
+    # ---- tokenization ------------------------------------------------------------------------
+    def encode(self, rows: list[dict]) -> list[dict]:
+        """Pre-tokenize reader rows to unpadded id lists with labels (and group ids)."""
+        if not rows:
+            return []
+        tok, common = self.tokenizer, {"truncation": True, "max_length": self.max_length}
+        if self.spec.is_token_task:
+            enc = tok([r["tokens"] for r in rows], is_split_into_words=True, **common)
+        else:
+            pairs = [r["text_pair"] for r in rows]
+            if all(p is not None for p in pairs):
+                enc = tok([r["text"] for r in rows], pairs, truncation="longest_first",
+                          max_length=self.max_length)
+            else:
+                enc = tok([r["text"] for r in rows], **common)
+        out = []
+        for i, r in enumerate(rows):
+            feat = {"input_ids": enc["input_ids"][i]}
+            if "token_type_ids" in enc:
+                feat["token_type_ids"] = enc["token_type_ids"][i]
+            if self.spec.is_token_task:
+                feat["labels"] = first_subtoken_labels(enc.word_ids(i), r["labels"])
+                feat["group"] = -1
+            else:
+                feat["labels"] = int(r["label"])
+                feat["group"] = -1 if r.get("group") is None else int(r["group"])
+            out.append(feat)
+        return out
+
+    def _load(self, lang: str, split: str, limit: int | None) -> list[dict]:
+        return self.encode(subsample(self._read(lang, split), limit, self.seed))
+
+    def prepare_data(self) -> None:
+        if self.root is None:
+            from sdq.data.hub import require_hub
+
+            require_hub()
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self._train is None:
+            self._train = self._load(self.train_lang, "train", self.limit_train)
+            log.info("%s train (%s): %d examples", self.spec.name, self.train_lang, len(self._train))
+        if stage in (None, "fit", "validate") and self._val is None:
+            self._val = {lang: self._load(lang, "dev", self.limit_eval) for lang in self.val_languages}
+        if stage in (None, "test", "predict") and self._test is None:
+            self._test = {lang: self._load(lang, "test", self.limit_eval) for lang in self.test_languages}
+
+    # ---- loaders -----------------------------------------------------------------------------
+    def _loader(self, data: list[dict], batch_size: int, shuffle: bool) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                          collate_fn=self.collate, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        if self._train is None:
+            self.setup("fit")
+        return self._loader(self._train, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        if self._val is None:
+            self.setup("validate")
+        return [self._loader(self._val[lang], self.eval_batch_size, False) for lang in self.val_languages]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        if self._test is None:
+            self.setup("test")
+        return [self._loader(self._test[lang], self.eval_batch_size, False) for lang in self.test_languages]
+
+    def sizes(self) -> dict[str, int]:
+        """Examples per split/language loaded so far, e.g. {'train/en': 1488, 'dev/de': 501}."""
+        out = {f"train/{self.train_lang}": len(self._train)} if self._train is not None else {}
+        for split, d in (("dev", self._val), ("test", self._test)):
+            out.update({f"{split}/{lang}": len(v) for lang, v in (d or {}).items()})
+        return out
+
+
+def first_subtoken_labels(word_ids: list[int | None], labels: list[int]) -> list[int]:
+    """Word labels on the first sub-token of each word; -100 on later sub-tokens and specials."""
+    out, prev = [], None
+    for w in word_ids:
+        out.append(-100 if w is None or w == prev else int(labels[w]))
+        prev = w
+    return out

@@ -1,0 +1,79 @@
+"""Evaluate a trained checkpoint on every language of its task, with fidelity to a reference.
+
+>>> results = evaluate_checkpoint("outputs/.../checkpoints/best.ckpt", "xnli", "../shared/data/mini-xglue")
+>>> results["xnli"]["test"]["avg"], results["fidelity"]["xnli"]["test"]["avg"]["agree"]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import OmegaConf
+
+from sdq.data.tasks import get_task
+from sdq.errors import SdqConfigError
+from sdq.lit.restore import checkpoint_config, load_student, read_checkpoint
+from sdq.results import build_results
+
+
+def resolve_ckpt(path: str | Path) -> Path:
+    """A .ckpt file, or a run dir (its checkpoints/best.ckpt, else last.ckpt)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+    return path
+
+
+def evaluate_checkpoint(
+    ckpt: str,
+    task: str,
+    data_root: str | None,
+    reference: str | None = None,
+    languages: list | None = None,
+    batch_size: int = 64,
+) -> dict:
+    """Dev + test metrics per language; teacher/fidelity vs ``reference`` (or the run's own teacher)."""
+    from sdq.distill import DistillLoss
+    from sdq.lit.module import SDQModule, TaskInfo
+    from sdq.lit.stage import build_datamodule
+    from sdq.models import load_tokenizer, resolve_backbone
+
+    spec = get_task(task)
+    path = resolve_ckpt(ckpt)
+    raw = read_checkpoint(path)
+    cfg = checkpoint_config(raw)
+    if cfg.task.name != spec.name:
+        raise SdqConfigError(
+            f"checkpoint {path} was trained for task {cfg.task.name}, not {spec.name}: evaluate it with "
+            f"task={cfg.task.name}"
+        )
+    student = load_student(path)
+    teacher = None
+    if reference is not None:
+        teacher = load_student(resolve_ckpt(reference))
+    elif any(k.startswith("teacher.") for k in raw["state_dict"]):
+        teacher = load_student(path, prefix="teacher.")
+    del raw
+    cfg.data.root = data_root if data_root is not None else cfg.data.root
+    cfg.data.eval_batch_size = batch_size
+    cfg.data.languages = list(languages) if languages is not None else None
+    if languages is not None:
+        bad = [lang for lang in languages if lang not in spec.languages]
+        if bad:
+            raise SdqConfigError(f"languages {bad} not in task {spec.name} ({', '.join(spec.languages)})")
+    dm = build_datamodule(cfg, load_tokenizer(resolve_backbone(cfg.model.name_or_path)))
+
+    module = SDQModule(
+        student, teacher, DistillLoss(ce=1.0), TaskInfo(spec.name, spec.kind, spec.metric, tuple(spec.labels)),
+        val_languages=dm.val_languages, test_languages=dm.test_languages,
+    )
+    trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False)
+    trainer.validate(module, datamodule=dm, verbose=False)
+    trainer.test(module, datamodule=dm, verbose=False)
+    meta = {"model": cfg.model.name, "task": spec.name, "method": cfg.method.name, "quant": cfg.quant.name,
+            "bits": cfg.get("bits") if cfg.get("bits") is not None else cfg.quant.name,
+            "ckpt": str(path), "reference": reference, "config": OmegaConf.to_container(cfg, resolve=True)}
+    return build_results(spec, module.results, [], meta)

@@ -1,0 +1,87 @@
+"""``python -m sdq.export ckpt=<student ckpt> out=<dir> [onnx=auto|true|false] [check=true] [batches=8]
+[tol=0.1] [backend=onnx|torch]``
+
+Packs the checkpoint's fake-quantized student (``sdq.lit.restore.load_student``), prints the size table
+per module kind and the whole-model ratio, then evaluates the exported model (the int8 ONNX model when
+written, else the dequantized torch model) and the student on the same dev batches of the run's task
+(``batches`` of them): max logit difference and accuracy difference; exit status 2 (one ``error:`` line)
+when the accuracy differs by more than ``tol`` points.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+
+from sdq.cli import guarded
+from sdq.errors import SdqConfigError
+
+USAGE = "usage: python -m sdq.export ckpt=<run>/checkpoints/best.ckpt out=<dir> [onnx=auto] [check=true]"
+KEYS = {"ckpt": None, "out": None, "onnx": "auto", "check": "true", "batches": "8", "tol": "0.1", "backend": None}
+
+
+def parse_args(argv: list[str]) -> dict:
+    """``key=value`` pairs (Hydra style) -> dict with defaults; SdqConfigError on unknown/missing keys."""
+    args = dict(KEYS)
+    for a in argv:
+        key, sep, value = a.partition("=")
+        if not sep or key not in KEYS:
+            raise SdqConfigError(f"argument {a!r} not understood; {USAGE} (keys: {', '.join(KEYS)})")
+        args[key] = value
+    for key in ("ckpt", "out"):
+        if not args[key]:
+            raise SdqConfigError(f"{key}= is required; {USAGE}")
+    if args["onnx"] not in ("auto", "true", "false"):
+        raise SdqConfigError(f"onnx={args['onnx']} must be auto, true or false")
+    try:
+        args["batches"], args["tol"] = int(args["batches"]), float(args["tol"])
+    except ValueError:
+        raise SdqConfigError(f"batches= must be an integer and tol= a number; {USAGE}") from None
+    return args
+
+
+def dev_batches(ckpt: str, n: int) -> list[dict]:
+    """The first ``n`` dev batches (first language) of the checkpoint's task and data settings."""
+    from sdq.data.datamodule import XGLUEDataModule
+    from sdq.lit.restore import checkpoint_config
+    from sdq.models import load_tokenizer
+
+    cfg = checkpoint_config(ckpt)
+    data = cfg.get("data") or {}
+    dm = XGLUEDataModule(cfg.task.name, root=data.get("root"), tokenizer=load_tokenizer(cfg.model.name_or_path),
+                         max_length=int(data.get("max_length", 128)),
+                         eval_batch_size=int(data.get("eval_batch_size", 64)), languages=data.get("languages"),
+                         limit_eval=data.get("limit_eval"))
+    dm.setup("validate")
+    loaders = dm.val_dataloader()
+    loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+    return [{k: v for k, v in b.items() if k in ("input_ids", "attention_mask", "labels")}
+            for b in itertools.islice(loader, n)]
+
+
+@guarded
+def main(argv: list[str] | None = None) -> dict:
+    from sdq.export import check_agreement, export_quantized, load_quantized
+    from sdq.lit.restore import load_student
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    student = load_student(args["ckpt"])
+    onnx = {"auto": "auto", "true": True, "false": False}[args["onnx"]]
+    report = export_quantized(student, args["out"], onnx=onnx)
+    print(report, flush=True)
+    if args["check"] == "true" and args["batches"] > 0:
+        backend = args["backend"] or ("onnx" if report.onnx else "torch")
+        exported = load_quantized(args["out"], backend=backend)
+        res = check_agreement(student, exported, dev_batches(args["ckpt"], args["batches"]), tol=args["tol"])
+        report.agreement = {"backend": backend, **res}
+        print(f"agreement ({backend}): max logit diff {res['max_logit_diff']:.3g}, accuracy exported "
+              f"{res['exported']:.2f} vs student {res['student']:.2f} ({res['metric_diff']:+.2f} pt, "
+              f"tol {res['tol']}) on {res['examples']} examples")
+    (Path(args["out"]) / "export_report.json").write_text(json.dumps(report.to_dict(), indent=1))
+    return report.to_dict()
+
+
+if __name__ == "__main__":
+    main()

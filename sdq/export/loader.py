@@ -1,0 +1,110 @@
+"""``load_quantized``: a runnable model from an export directory, verified against its sha256 manifest.
+
+``backend="torch"`` dequantizes every packed tensor into a plain HF model built from the saved config
+(bit-exact with the fake-quantized student's ``strip()`` weights); ``backend="onnx"`` runs the
+directory's integer ``model.onnx`` with onnxruntime on CPU. Both answer ``model(input_ids,
+attention_mask).logits``.
+
+>>> model = load_quantized("export/xnli_w8a8")                   # torch, dequantized weights
+>>> fast = load_quantized("export/xnli_w8a8", backend="onnx")     # int8 onnxruntime
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sdq.errors import SdqError
+from sdq.export.pack import dequantize
+from sdq.export.writer import FORMAT, MANIFEST_FILE, META_FILE, ONNX_FILE, WEIGHTS_FILE, sha256_file
+
+
+def verify_dir(path: str | Path, need: tuple[str, ...] = (META_FILE, WEIGHTS_FILE, "config.json")) -> Path:
+    """Check that ``path`` is a complete, untampered export (every manifest entry's size and sha256)."""
+    d = Path(path)
+    fix = "re-run `python -m sdq.export ckpt=... out=...`"
+    if not (d / MANIFEST_FILE).is_file():
+        raise SdqError(f"{d} is not an sdq export dir (no {MANIFEST_FILE}); {fix}")
+    try:
+        manifest = json.loads((d / MANIFEST_FILE).read_text())
+        files = manifest["files"]
+        assert manifest.get("format") == FORMAT
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise SdqError(f"{d / MANIFEST_FILE} is unreadable or not an sdq manifest; {fix}") from None
+    for name in need:
+        if name not in files:
+            raise SdqError(f"export {d} lists no {name} in its manifest; {fix}")
+    for name, info in files.items():
+        f = d / name
+        if not f.is_file():
+            raise SdqError(f"export {d} is incomplete: {name} is missing; {fix}")
+        if f.stat().st_size != info["bytes"]:
+            raise SdqError(f"export file {f} is truncated or modified ({f.stat().st_size} bytes, manifest says "
+                           f"{info['bytes']}); {fix}")
+        if sha256_file(f) != info["sha256"]:
+            raise SdqError(f"export file {f} does not match its sha256 in the manifest (tampered or corrupt); {fix}")
+    return d
+
+
+def read_export(path: str | Path, verify: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+    """(sdq_export.json meta, every array of model.safetensors) of an export dir."""
+    from safetensors.numpy import load_file
+
+    d = verify_dir(path) if verify else Path(path)
+    meta = json.loads((d / META_FILE).read_text())
+    if meta.get("format") != FORMAT or int(meta.get("version", 0)) > 1:
+        raise SdqError(f"{d / META_FILE} has format {meta.get('format')} v{meta.get('version')}; "
+                       "this sdq reads sdq-packed v1, upgrade sdq")
+    return meta, load_file(str(d / WEIGHTS_FILE))
+
+
+def plain_state(meta: dict, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """The state_dict of the plain model: packed tensors dequantized, FP tensors as stored."""
+    packed = meta["tensors"]
+    owned = {f"{k}.{s}" for k in packed for s in ("codes", "scale", "zero_point", "offset", "codebook", "alpha")}
+    state = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k not in owned}
+    for key, m in packed.items():
+        state[key] = dequantize(m, arrays, key)
+    return state
+
+
+def build_plain(path: str | Path, meta: dict) -> nn.Module:
+    """An untrained HF model of the saved class and config (no hub access)."""
+    import transformers
+
+    cls = getattr(transformers, meta["architecture"], None)
+    if cls is None:
+        raise SdqError(f"model class {meta['architecture']} (from {path}) is not in this transformers "
+                       f"{transformers.__version__}; install the version the export was made with")
+    config = transformers.AutoConfig.from_pretrained(str(path))
+    return cls(config)
+
+
+def load_quantized(path: str | Path, backend: str = "torch") -> nn.Module:
+    """The exported model in eval mode on CPU (see module doc); SdqError on a bad/tampered dir."""
+    if backend not in ("torch", "onnx"):
+        raise SdqError(f"backend={backend!r} is unknown; use backend=torch or backend=onnx")
+    d = Path(path)
+    meta, arrays = read_export(d)
+    if backend == "onnx":
+        from sdq.export.ort_model import OrtModel
+
+        if not (d / ONNX_FILE).is_file():
+            raise SdqError(f"{d} has no {ONNX_FILE}; export with onnx=true or use backend=torch")
+        return OrtModel(d / ONNX_FILE, num_labels=getattr(build_config(d), "num_labels", None))
+    model = build_plain(d, meta)
+    try:
+        model.load_state_dict(plain_state(meta, arrays), strict=True)
+    except RuntimeError as exc:
+        raise SdqError(f"export {d} does not match its config.json ({str(exc).splitlines()[0]})") from None
+    return model.eval()
+
+
+def build_config(path: str | Path):
+    import transformers
+
+    return transformers.AutoConfig.from_pretrained(str(path))

@@ -1,0 +1,262 @@
+"""ONNX graph surgery: turn the float MatMuls of an exported encoder into the student's integer ops.
+
+Each Linear of the student becomes, by its own quantizers (``LinearPlan``):
+
+- integer W8A8-style: ``QuantizeLinear(x, s_a, z_a)`` (the student's calibrated activation scale) ->
+  ``com.microsoft.MatMulIntegerToFloat(x_q, W_q, s_a, s_w, z_a, z_w)``: int8 x int8 -> int32 on
+  MLAS/VNNI, rescaled per output channel: ``(x_q - z_a) @ (W_q - z_w) * s_a * s_w`` -- the same
+  numbers as the fake-quantized forward (up to float summation order);
+- activation fake-quant only (weights non-uniform, grouped or FP): ``QuantizeLinear -> DequantizeLinear``
+  before the float MatMul (whose weight is already the student's effective weight);
+- nothing: the float MatMul stays.
+
+MatMul nodes are found by the module scope torch's exporter writes into node names
+(``/roberta/encoder/layer.0/attention/self/query/MatMul`` -> ``roberta.encoder.layer.0.attention.self.query``);
+the weight initializer is checked against the plan's effective weight before anything is replaced.
+
+>>> n = rewrite_linears(onnx_model, {"roberta.encoder.layer.0.intermediate.dense": plan, ...})
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from sdq.errors import SdqError
+
+
+@dataclass
+class ActQuant:
+    """Per-tensor activation quantization ``q = clamp(round(x/scale) + zp, qmin, qmax)``."""
+
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+    @property
+    def signed(self) -> bool:
+        return self.qmin < 0
+
+
+@dataclass
+class LinearPlan:
+    """How one Linear runs: ``weight`` (out, in) effective float weight (what the graph holds now);
+    ``codes`` (out, in) integer weight codes with ``w_scale``/``w_zero_point`` (out,) when integer;
+    ``act``: the input quantization, or None."""
+
+    weight: np.ndarray
+    act: ActQuant | None = None
+    codes: np.ndarray | None = None
+    w_scale: np.ndarray | None = None
+    w_zero_point: np.ndarray | None = None
+
+    @property
+    def integer(self) -> bool:
+        return self.act is not None and self.codes is not None
+
+
+def scope_of(node_name: str) -> str:
+    """``/a/b.0/c/MatMul`` -> ``a.b.0.c`` (module path written by torch's TorchScript exporter)."""
+    parts = node_name.strip("/").split("/")
+    return ".".join(parts[:-1])
+
+
+def _qtype(signed: bool) -> int:
+    return TensorProto.INT8 if signed else TensorProto.UINT8
+
+
+def _act_nodes(x: str, name: str, act: ActQuant, dequant: bool, inits: list) -> tuple[list, str]:
+    """QuantizeLinear (+ Clip for < 8 bits) (+ DequantizeLinear) of tensor ``x``."""
+    dt = np.int8 if act.signed else np.uint8
+    s, z = f"{name}.a_scale", f"{name}.a_zero_point"
+    inits += [numpy_helper.from_array(np.array(act.scale, np.float32), s),
+              numpy_helper.from_array(np.array(act.zero_point, dt), z)]
+    nodes = [helper.make_node("QuantizeLinear", [x, s, z], [f"{name}.x_q"], name=f"{name}/QuantizeLinear")]
+    out = f"{name}.x_q"
+    full = (-128, 127) if act.signed else (0, 255)
+    if (act.qmin, act.qmax) != full:
+        lo, hi = f"{name}.a_qmin", f"{name}.a_qmax"
+        inits += [numpy_helper.from_array(np.array(act.qmin, dt), lo),
+                  numpy_helper.from_array(np.array(act.qmax, dt), hi)]
+        nodes.append(helper.make_node("Clip", [out, lo, hi], [f"{name}.x_qc"], name=f"{name}/Clip"))
+        out = f"{name}.x_qc"
+    if dequant:
+        nodes.append(helper.make_node("DequantizeLinear", [out, s, z], [f"{name}.x_dq"],
+                                      name=f"{name}/DequantizeLinear"))
+        out = f"{name}.x_dq"
+    return nodes, out
+
+
+def _int_weight(plan: LinearPlan, name: str, inits: list) -> tuple[str, str, str]:
+    codes = plan.codes
+    signed = int(codes.min()) < 0 or int(codes.max()) <= 127
+    dt = np.int8 if signed else np.uint8
+    if int(codes.min()) < np.iinfo(dt).min or int(codes.max()) > np.iinfo(dt).max:
+        raise SdqError(f"{name}: weight codes [{codes.min()}, {codes.max()}] do not fit 8 bits")
+    w, s, z = f"{name}.w_q", f"{name}.w_scale", f"{name}.w_zero_point"
+    zp = plan.w_zero_point if plan.w_zero_point is not None else np.zeros(codes.shape[0])
+    inits += [numpy_helper.from_array(np.ascontiguousarray(codes.T.astype(dt)), w),  # (in, out)
+              numpy_helper.from_array(np.asarray(plan.w_scale, np.float32).reshape(-1), s),
+              numpy_helper.from_array(np.asarray(zp).reshape(-1).astype(dt), z)]
+    return w, s, z
+
+
+def rewrite_linears(model: onnx.ModelProto, plans: dict[str, LinearPlan], check_atol: float = 0.0) -> dict:
+    """Rewrite the MatMul of every planned Linear in place; returns counts per kind of rewrite.
+
+    Raises SdqError when a planned Linear has no MatMul or its initializer is not the plan's weight.
+    """
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    found: set[str] = set()
+    new_nodes, new_inits, counts = [], [], {"integer": 0, "act_qdq": 0, "float": 0}
+    used_weights: set[str] = set()
+    for node in graph.node:
+        name = scope_of(node.name) if node.op_type == "MatMul" else ""
+        plan = plans.get(name)
+        if plan is None:
+            new_nodes.append(node)
+            continue
+        found.add(name)
+        x, b = node.input
+        if b not in inits:
+            raise SdqError(f"ONNX MatMul {node.name} has no constant weight; re-export with constant folding")
+        w_graph = numpy_helper.to_array(inits[b])  # (in, out)
+        if w_graph.shape != plan.weight.T.shape or not np.allclose(w_graph, plan.weight.T, atol=check_atol,
+                                                                    rtol=0):
+            raise SdqError(f"ONNX MatMul {node.name} does not hold the weight of {name}; export mismatch")
+        if plan.integer:
+            nodes, xq = _act_nodes(x, name, plan.act, dequant=False, inits=new_inits)
+            w, s, z = _int_weight(plan, name, new_inits)
+            nodes.append(helper.make_node("MatMulIntegerToFloat", [xq, w, f"{name}.a_scale", s,
+                                                                   f"{name}.a_zero_point", z],
+                                          list(node.output), name=f"{name}/MatMulIntegerToFloat",
+                                          domain="com.microsoft"))
+            counts["integer"] += 1
+        elif plan.act is not None:
+            nodes, xdq = _act_nodes(x, name, plan.act, dequant=True, inits=new_inits)
+            nodes.append(helper.make_node("MatMul", [xdq, b], list(node.output), name=node.name))
+            used_weights.add(b)
+            counts["act_qdq"] += 1
+        else:
+            nodes = [node]
+            used_weights.add(b)
+            counts["float"] += 1
+        new_nodes.extend(nodes)
+    missing = sorted(set(plans) - found)
+    if missing:
+        raise SdqError(f"ONNX graph has no MatMul for {missing[0]} (and {len(missing) - 1} more); "
+                       "the exporter changed node names, re-export with dynamo=False")
+    still_used = {i for n in new_nodes for i in n.input}
+    keep = [t for t in graph.initializer if t.name in still_used]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(keep + new_inits)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return counts
+
+
+def rewrite_gather(model: onnx.ModelProto, weight_name: str, codes: np.ndarray, scale: np.ndarray,
+                   zero_point: np.ndarray | None = None) -> bool:
+    """Replace a float embedding table by int8 codes (V, H) + per-row scale (V,) (+ zero point):
+    ``Gather(table, ids)`` -> ``(Cast(Gather(codes, ids)) - Gather(zp, ids)) * Gather(scale, ids)``."""
+    graph = model.graph
+    users = [n for n in graph.node if n.op_type == "Gather" and n.input[0] == weight_name]
+    if not users:
+        return False
+    dt = np.int8 if int(codes.min()) < 0 else np.uint8
+    base = weight_name.removesuffix(".weight")
+    inits = [numpy_helper.from_array(codes.astype(dt), f"{base}.codes"),
+             numpy_helper.from_array(np.asarray(scale, np.float32).reshape(-1, 1), f"{base}.scale")]
+    if zero_point is not None and np.any(zero_point):
+        inits.append(numpy_helper.from_array(np.asarray(zero_point, np.float32).reshape(-1, 1), f"{base}.zp"))
+    new_nodes = []
+    for node in graph.node:
+        if node not in users:
+            new_nodes.append(node)
+            continue
+        ids, out, p = node.input[1], node.output[0], node.name
+        new_nodes += [helper.make_node("Gather", [f"{base}.codes", ids], [f"{p}.q"], name=f"{p}/q"),
+                      helper.make_node("Cast", [f"{p}.q"], [f"{p}.qf"], to=TensorProto.FLOAT, name=f"{p}/cast"),
+                      helper.make_node("Gather", [f"{base}.scale", ids], [f"{p}.s"], name=f"{p}/s")]
+        q = f"{p}.qf"
+        if len(inits) == 3:
+            new_nodes += [helper.make_node("Gather", [f"{base}.zp", ids], [f"{p}.z"], name=f"{p}/z"),
+                          helper.make_node("Sub", [q, f"{p}.z"], [f"{p}.qz"], name=f"{p}/sub")]
+            q = f"{p}.qz"
+        new_nodes.append(helper.make_node("Mul", [q, f"{p}.s"], [out], name=f"{p}/mul"))
+    keep = [t for t in graph.initializer if t.name != weight_name]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(keep + inits)
+    return True
+
+
+def _shared_act(plans: list[LinearPlan]) -> ActQuant | None:
+    acts = [p.act for p in plans]
+    if any(a is None for a in acts) or any(a != acts[0] for a in acts):
+        return None
+    full = (-128, 127) if acts[0].signed else (0, 255)
+    return acts[0] if (acts[0].qmin, acts[0].qmax) == full else None
+
+
+def fusable_qkv(q: LinearPlan, k: LinearPlan, v: LinearPlan) -> bool:
+    """Q/K/V run as one ``QAttention``: integer plans with one shared activation quantization and
+    symmetric (zero-point-free) weights."""
+    plans = [q, k, v]
+    return (all(p.integer for p in plans) and _shared_act(plans) is not None
+            and all(p.w_zero_point is None or not np.any(p.w_zero_point) for p in plans))
+
+
+def rewrite_attention(model: onnx.ModelProto, qkv: dict[str, tuple[LinearPlan, LinearPlan, LinearPlan]]) -> int:
+    """Fused ``Attention`` (packed QKV weight (H, 3H)) -> static ``QuantizeLinear`` + ``QAttention`` with
+    the layer's integer Q/K/V codes and per-column scales. ``qkv``: layer prefix -> (q, k, v) plans
+    (each ``fusable_qkv``). Returns the number of rewritten nodes; raises if a layer was not found."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    new_nodes, new_inits, done = [], [], set()
+    for node in graph.node:
+        if node.op_type != "Attention" or node.input[1] not in inits:
+            new_nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])  # (H, 3H)
+        match = next((p for p, (q, k, v) in qkv.items() if p not in done
+                      and w.shape == (q.weight.shape[1], 3 * q.weight.shape[0])
+                      and np.array_equal(w, np.concatenate([q.weight.T, k.weight.T, v.weight.T], 1))), None)
+        if match is None:
+            new_nodes.append(node)
+            continue
+        done.add(match)
+        q, k, v = qkv[match]
+        act = q.act
+        name = f"{match}.qkv"
+        nodes, xq = _act_nodes(node.input[0], name, act, dequant=False, inits=new_inits)
+        codes = np.concatenate([q.codes, k.codes, v.codes], 0)  # (3H, H)
+        scale = np.concatenate([q.w_scale, k.w_scale, v.w_scale]).astype(np.float32)
+        new_inits += [numpy_helper.from_array(np.ascontiguousarray(codes.T.astype(np.int8)), f"{name}.w_q"),
+                      numpy_helper.from_array(scale, f"{name}.w_scale"),
+                      numpy_helper.from_array(np.array(0, np.int8), f"{name}.w_zero_point")]
+        mask = node.input[3] if len(node.input) > 3 else ""
+        nodes.append(helper.make_node(
+            "QAttention", [xq, f"{name}.w_q", node.input[2], f"{name}.a_scale", f"{name}.w_scale", mask,
+                           f"{name}.a_zero_point", f"{name}.w_zero_point"],
+            list(node.output), name=f"{name}/QAttention", domain="com.microsoft",
+            **{a.name: helper.get_attribute_value(a) for a in node.attribute}))
+        new_nodes.extend(nodes)
+    missing = sorted(set(qkv) - done)
+    if missing:
+        raise SdqError(f"ONNX graph has no fused Attention for {missing[0]}; optimizer fusion failed")
+    still_used = {i for n in new_nodes for i in n.input}
+    keep = [t for t in graph.initializer if t.name in still_used]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(keep + new_inits)
+    return len(done)

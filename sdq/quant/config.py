@@ -1,0 +1,216 @@
+"""Quantization config dataclasses, built from plain (Hydra) dicts and validated before any model loads.
+
+>>> w = QuantizerConfig(bits=4, granularity="channel")
+>>> cfg = QuantConfig.from_dict({"weight": {"bits": 4}, "act": None, "skip": ["classifier"]}).validate()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from sdq.errors import SdqConfigError
+
+SCHEMES = ("uniform", "lsq", "kmeans", "binary")
+GRANULARITIES = ("tensor", "channel", "group", "row")
+OBSERVERS = ("minmax", "ema", "percentile", "mse")
+KMEANS_INITS = ("quantile", "linear")
+
+
+def _unknown(keys: set[str], known: list[str], where: str) -> None:
+    if keys:
+        raise SdqConfigError(f"{where}: unknown field(s) {', '.join(sorted(keys))}; known: {', '.join(known)}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass
+class QuantizerConfig:
+    """How one tensor is fake-quantized.
+
+    ``bits`` 1..8; ``scheme`` uniform (observer ranges) | lsq (learned step) | kmeans | binary;
+    ``granularity`` tensor | channel (weights: output rows, activations: last dim) | group (``group_size``
+    consecutive inputs of a row) | row (= channel; name used for embedding tables).
+    ``narrow_range`` drops the most negative symmetric level (2 bits -> ternary {-1,0,1}).
+    ``refit_every`` N>0 re-fits weight ranges/centroids/alphas every N training steps outside calibrate
+    (0: only in the calibrate phase).
+
+    >>> QuantizerConfig(bits=4, scheme="kmeans", granularity="channel").validate("quant.weight")
+    """
+
+    bits: int = 8
+    scheme: str = "uniform"
+    symmetric: bool = True
+    granularity: str = "tensor"
+    group_size: int | None = None
+    observer: str = "minmax"
+    percentile: float = 99.99
+    ema_decay: float = 0.9
+    narrow_range: bool = False
+    mse_grid: int = 20
+    kmeans_iters: int = 20
+    kmeans_init: str = "quantile"
+    binary_iters: int = 10
+    refit_every: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict | QuantizerConfig | None, where: str = "quant") -> QuantizerConfig | None:
+        """``None`` -> None (part disabled); a dict with unknown keys -> SdqConfigError."""
+        if d is None or isinstance(d, QuantizerConfig):
+            return d
+        if not isinstance(d, dict):
+            raise SdqConfigError(f"{where} must be a mapping of quantizer fields or null, got {d!r}")
+        known = [f.name for f in fields(cls)]
+        _unknown(set(d) - set(known), known, where)
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> QuantizerConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def levels(self) -> int:
+        return 2 ** self.bits
+
+    def validate(self, where: str = "quant") -> QuantizerConfig:
+        """Raise SdqConfigError (one line) on an invalid value; return self."""
+        if not _is_int(self.bits) or not 1 <= self.bits <= 8:
+            raise SdqConfigError(f"{where}.bits={self.bits!r} is not supported; use an integer from 1 to 8")
+        for name, value, allowed in (("scheme", self.scheme, SCHEMES), ("granularity", self.granularity,
+                                     GRANULARITIES), ("observer", self.observer, OBSERVERS),
+                                     ("kmeans_init", self.kmeans_init, KMEANS_INITS)):
+            if value not in allowed:
+                raise SdqConfigError(f"{where}.{name}={value!r} is unknown; choose one of: {', '.join(allowed)}")
+        if self.granularity == "group":
+            if not _is_int(self.group_size) or self.group_size < 1:
+                raise SdqConfigError(f"{where}.group_size={self.group_size!r}: granularity=group needs a "
+                                     "positive integer group_size (e.g. 32 or 128)")
+        elif self.group_size is not None:
+            raise SdqConfigError(f"{where}.group_size={self.group_size} only applies to granularity=group "
+                                 f"(granularity is {self.granularity!r}); remove it or set granularity=group")
+        if self.scheme == "lsq" and self.bits < 2:
+            raise SdqConfigError(f"{where}: scheme=lsq needs bits >= 2 (got {self.bits}); use scheme=uniform "
+                                 "or scheme=binary for 1 bit")
+        if not 50.0 < float(self.percentile) <= 100.0:
+            raise SdqConfigError(f"{where}.percentile={self.percentile} must be in (50, 100], e.g. 99.99")
+        if not 0.0 <= float(self.ema_decay) < 1.0:
+            raise SdqConfigError(f"{where}.ema_decay={self.ema_decay} must be in [0, 1), e.g. 0.9")
+        for name in ("mse_grid", "kmeans_iters", "binary_iters"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise SdqConfigError(f"{where}.{name}={getattr(self, name)!r} must be a positive integer")
+        if not _is_int(self.refit_every) or self.refit_every < 0:
+            raise SdqConfigError(f"{where}.refit_every={self.refit_every!r} must be an integer >= 0")
+        return self
+
+
+def _check_activation(cfg: QuantizerConfig | None, where: str, grans: tuple[str, ...]) -> None:
+    if cfg is None:
+        return
+    if cfg.scheme not in ("uniform", "lsq"):
+        raise SdqConfigError(f"{where}.scheme={cfg.scheme!r} is not supported for activations; "
+                             "use uniform or lsq")
+    if cfg.granularity not in grans:
+        raise SdqConfigError(f"{where}.granularity={cfg.granularity!r} is not supported for activations; "
+                             f"use {' or '.join(grans)}")
+    if cfg.bits == 1 and cfg.symmetric:
+        raise SdqConfigError(f"{where}: 1-bit symmetric activations are not supported; use bits >= 2")
+
+
+@dataclass
+class QuantConfig:
+    """What to quantize in a model: each part ``None`` = kept in full precision.
+
+    ``weight`` Linear weights, ``act`` Linear inputs, ``embedding`` nn.Embedding tables (per row),
+    ``attention`` Q/K/V and softmax probabilities (per layer, via the attention-function registry).
+    ``skip``: module-name regexes left FP; ``overrides``: regex -> weight/embedding field overrides
+    (first match wins, e.g. ``{"layer\\\\.11\\\\.": {"bits": 8}}``); ``quant_noise_p`` in (0, 1): share of
+    weight blocks (``quant_noise_block`` consecutive inputs) quantized per training step (0 or 1: all).
+
+    >>> QuantConfig.from_dict({"weight": {"bits": 4, "granularity": "channel"}}).validate()
+    """
+
+    weight: QuantizerConfig | None = None
+    act: QuantizerConfig | None = None
+    embedding: QuantizerConfig | None = None
+    attention: QuantizerConfig | None = None
+    skip: list[str] = field(default_factory=lambda: ["classifier"])
+    overrides: dict[str, dict] = field(default_factory=dict)
+    quant_noise_p: float = 0.0
+    quant_noise_block: int = 8
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> QuantConfig:
+        """Plain nested dicts (as Hydra's ``to_container`` gives); ``name``/``defaults`` keys are ignored."""
+        d = dict(d or {})
+        d.pop("name", None)
+        d.pop("defaults", None)
+        known = [f.name for f in fields(cls)]
+        _unknown(set(d) - set(known), known, "quant")
+        for part in ("weight", "act", "embedding", "attention"):
+            if part in d:
+                d[part] = QuantizerConfig.from_dict(d[part], f"quant.{part}")
+        if d.get("skip") is None:
+            d.pop("skip", None)
+        elif isinstance(d["skip"], str):
+            d["skip"] = [d["skip"]]
+        d["overrides"] = dict(d.get("overrides") or {})
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def enabled(self) -> bool:
+        return any(p is not None for p in (self.weight, self.act, self.embedding, self.attention)) or bool(
+            self.overrides)
+
+    def validate(self) -> QuantConfig:
+        """Check every value that can be checked without a model; return self."""
+        for part in ("weight", "act", "embedding", "attention"):
+            sub = getattr(self, part)
+            if sub is not None:
+                if not isinstance(sub, QuantizerConfig):
+                    raise SdqConfigError(f"quant.{part} must be a QuantizerConfig or null, got {sub!r}")
+                sub.validate(f"quant.{part}")
+        _check_activation(self.act, "quant.act", ("tensor", "channel"))
+        _check_activation(self.attention, "quant.attention", ("tensor",))
+        if not isinstance(self.skip, list | tuple):
+            raise SdqConfigError(f"quant.skip={self.skip!r} must be a list of module-name regexes")
+        for pattern in list(self.skip) + list(self.overrides):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise SdqConfigError(f"quant: module regex {pattern!r} is invalid ({e}); fix the pattern") from e
+        known = [f.name for f in fields(QuantizerConfig)]
+        for pattern, over in self.overrides.items():
+            where = f"quant.overrides[{pattern!r}]"
+            if not isinstance(over, dict):
+                raise SdqConfigError(f"{where} must be a mapping of quantizer fields, got {over!r}")
+            _unknown(set(over) - set(known), known, where)
+            self.override_for(pattern, self.weight).validate(where)
+        p = self.quant_noise_p
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= float(p) <= 1.0:
+            raise SdqConfigError(f"quant.quant_noise_p={p!r} must be a number in [0, 1] (0 = off)")
+        if not _is_int(self.quant_noise_block) or self.quant_noise_block < 1:
+            raise SdqConfigError(f"quant.quant_noise_block={self.quant_noise_block!r} must be a positive integer")
+        return self
+
+    def override_for(self, pattern: str, base: QuantizerConfig | None) -> QuantizerConfig:
+        """``base`` with the override fields of ``pattern`` applied (a fresh config if base is None)."""
+        over = self.overrides[pattern]
+        return base.replace(**over) if base is not None else QuantizerConfig(**over)
+
+    def weight_config(self, name: str, base: QuantizerConfig | None) -> QuantizerConfig | None:
+        """The weight/embedding config of module ``name``: None when skipped, else first matching override."""
+        if any(re.search(p, name) for p in self.skip):
+            return None
+        for pattern in self.overrides:
+            if re.search(pattern, name):
+                return self.override_for(pattern, base)
+        return base
+
+    def skipped(self, name: str) -> bool:
+        return any(re.search(p, name) for p in self.skip)

@@ -1,0 +1,127 @@
+"""Non-uniform weight quantizers: k-means codebooks and binary codes (w ~ sum_i alpha_i b_i).
+
+Both fit per group (tensor / channel=row / group) in the calibrate phase (prepare fits once), and every
+``refit_every`` training steps when > 0; forward is nearest codebook value, backward identity (STE).
+
+>>> q = KMeansQuantizer(QuantizerConfig(bits=4, scheme="kmeans", granularity="channel"), (16, 32))
+>>> y = q(w); codes, params = q.quantize_int(w)          # params["codebook"]: (G, 16)
+>>> b = BinaryCodeQuantizer(QuantizerConfig(bits=2, scheme="binary", granularity="row"), (100, 32))
+>>> codes, params = b.quantize_int(w)  # w_hat[g, j] = sum_i alpha[g, i] * (2 * ((codes >> i) & 1) - 1)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sdq.quant import functional as F
+from sdq.quant.base import QuantizerBase, chunks
+from sdq.quant.config import QuantizerConfig
+
+
+class _CodebookQuantizer(QuantizerBase):
+    def __init__(self, cfg: QuantizerConfig, shape: tuple[int, ...], kind: str = "weight"):
+        if kind != "weight":
+            raise ValueError(f"scheme={cfg.scheme} quantizes weights only (got kind={kind!r})")
+        super().__init__(cfg, shape, kind)
+
+    def codebook(self, gidx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sorted codebook (G', K) and, for binary codes, the sign-pattern index of each entry."""
+        raise NotImplementedError
+
+    def _fit_groups(self, x2d: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _fit(self, x2d: torch.Tensor, gidx: torch.Tensor | None) -> None:
+        x2d = x2d.float()
+        out = torch.cat([self._fit_groups(x2d[s]) for s in chunks(x2d.shape[0], x2d.shape[1])], 0)
+        self.put_(self.params, gidx, out)
+
+    @property
+    def params(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _quantize(self, x2d: torch.Tensor, gidx: torch.Tensor | None) -> torch.Tensor:
+        vals, _ = self.codebook(gidx)
+        vals = vals.to(x2d.dtype)
+        q = vals.gather(1, F.nearest_code(x2d.detach(), vals))
+        return F.pass_through(x2d, q)
+
+    @torch.no_grad()
+    def quantize_int(self, w: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        x2d = self.view2d(w).float()
+        vals, order = self.codebook()
+        idx = F.nearest_code(x2d, vals)
+        if order is not None:  # binary: the sign pattern (bit i set -> b_i = +1)
+            return self.unview(order.gather(1, idx).to(torch.int32), w), {
+                "scheme": "binary", "alpha": self.alpha.clone(), "granularity": self.cfg.granularity,
+                "group_size": self.cfg.group_size}
+        return self.unview(idx.to(torch.int32), w), {
+            "scheme": "kmeans", "codebook": vals.clone(), "granularity": self.cfg.granularity,
+            "group_size": self.cfg.group_size}
+
+    def dequantize_int(self, codes: torch.Tensor, params: dict) -> torch.Tensor:
+        c2d = self.view2d(codes).long()
+        if params["scheme"] == "binary":
+            signs = F.binary_signs(params["alpha"].shape[1], c2d.device)  # (2^B, B)
+            table = params["alpha"] @ signs.t()  # (G, 2^B) unsorted, indexed by pattern
+            return self.unview(table.gather(1, c2d), codes)
+        return self.unview(params["codebook"].gather(1, c2d), codes)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", groups={self.n_groups}"
+
+
+class KMeansQuantizer(_CodebookQuantizer):
+    """Codebook of 2^bits centroids per group (buffer ``codebook`` (G, K), sorted), Lloyd with
+    deterministic ``kmeans_init`` (quantile | linear) and ``kmeans_iters`` iterations."""
+
+    def __init__(self, cfg: QuantizerConfig, shape: tuple[int, ...], kind: str = "weight"):
+        super().__init__(cfg, shape, kind)
+        k = cfg.levels
+        self.register_buffer("codebook_", torch.linspace(-1, 1, k).repeat(self.n_groups, 1))
+
+    @property
+    def params(self) -> torch.Tensor:
+        return self.codebook_
+
+    def codebook(self, gidx=None):
+        return self.take(self.codebook_, gidx), None
+
+    def _fit_groups(self, x2d: torch.Tensor) -> torch.Tensor:
+        return F.kmeans_fit(x2d, self.cfg.levels, self.cfg.kmeans_iters, self.cfg.kmeans_init)
+
+    def storage_bits(self) -> tuple[float, float]:
+        return float(self.cfg.bits), float(self.n_groups * self.cfg.levels * 32)
+
+
+class BinaryCodeQuantizer(_CodebookQuantizer):
+    """``bits`` binary codes per group: buffer ``alpha`` (G, B); greedy init then ``binary_iters``
+    alternating rounds (least-squares alpha, optimal re-pick of b), Chung et al. 2020 / Xu et al. 2018."""
+
+    def __init__(self, cfg: QuantizerConfig, shape: tuple[int, ...], kind: str = "weight"):
+        super().__init__(cfg, shape, kind)
+        self.register_buffer("alpha", torch.ones(self.n_groups, cfg.bits) * 2.0 ** -torch.arange(cfg.bits))
+
+    @property
+    def params(self) -> torch.Tensor:
+        return self.alpha
+
+    def codebook(self, gidx=None):
+        return F.binary_codebook(self.take(self.alpha, gidx))
+
+    def _fit_groups(self, x2d: torch.Tensor) -> torch.Tensor:
+        return F.binary_fit(x2d, self.cfg.bits, self.cfg.binary_iters)
+
+    def storage_bits(self) -> tuple[float, float]:
+        return float(self.cfg.bits), float(self.n_groups * self.cfg.bits * 32)
+
+
+def make_quantizer(cfg: QuantizerConfig, shape: tuple[int, ...], kind: str = "weight") -> QuantizerBase:
+    """The quantizer for ``cfg.scheme``: uniform/lsq -> UniformQuantizer, kmeans, binary."""
+    from sdq.quant.uniform import UniformQuantizer
+
+    if cfg.scheme == "kmeans":
+        return KMeansQuantizer(cfg, shape, kind)
+    if cfg.scheme == "binary":
+        return BinaryCodeQuantizer(cfg, shape, kind)
+    return UniformQuantizer(cfg, shape, kind)

@@ -1,0 +1,103 @@
+"""Compose + fast_dev_run smoke test for every option of every config group (tiny model, fixtures)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from sdq.config import resolve_config
+from sdq.data.synthetic import write_fixture
+from sdq.errors import SdqConfigError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def make_cfg(overrides: list[str], hydra_section: bool = False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=hydra_section)
+
+
+@pytest.fixture(scope="module")
+def fixture_root(tmp_path_factory) -> Path:
+    return write_fixture(tmp_path_factory.mktemp("xglue"), n=12)
+
+
+@pytest.fixture(scope="module")
+def teacher_cache(tmp_path_factory) -> Path:
+    """Shared by the module's runs: stage-1 teachers are fine-tuned once per task."""
+    return tmp_path_factory.mktemp("teachers")
+
+
+def smoke(tmp_path: Path, root: Path, overrides: list[str], teachers: Path | None = None) -> dict:
+    from sdq.pipeline import run
+
+    cfg = make_cfg([
+        "model=tiny", f"data.root={root}", "trainer.fast_dev_run=true", "logger=none",
+        f"teacher.cache_dir={teachers or tmp_path / 'teachers'}", "data.batch_size=4", "data.eval_batch_size=4",
+        *overrides,
+    ])
+    results = run(cfg, run_dir=tmp_path / "run")
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert on_disk[cfg.task.name]["test"].keys() == results[cfg.task.name]["test"].keys()
+    return results
+
+
+@pytest.mark.parametrize("group", ["model", "task", "quant", "method", "trainer", "logger", "experiment", "sweep"])
+def test_every_option_composes(group: str) -> None:
+    names = options(group)
+    assert names, f"conf/{group} is empty"
+    for name in names:
+        cfg = make_cfg([f"{group}={name}"], hydra_section=group == "sweep")
+        resolve_config(cfg)
+        if group == "sweep":
+            assert cfg.hydra.sweeper.params, f"sweep={name} sets no sweep parameters"
+
+
+@pytest.mark.parametrize("task", [t for t in options("task") if t != "demo"])
+def test_fast_dev_run_every_task(task: str, tmp_path: Path, fixture_root: Path, teacher_cache: Path) -> None:
+    results = smoke(tmp_path, fixture_root, [f"task={task}", "method=qat"], teacher_cache)
+    test = results[task]["test"]
+    assert "avg" in test and "en" in test
+    assert set(results["fidelity"][task]["test"]["en"]) == {"agree", "kl"}
+
+
+@pytest.mark.parametrize("method", options("method"))
+def test_fast_dev_run_every_method(method: str, tmp_path: Path, fixture_root: Path, teacher_cache: Path) -> None:
+    results = smoke(tmp_path, fixture_root, ["task=xnli", f"method={method}"], teacher_cache)
+    assert results["method"] == method
+    assert ("teacher" in results) == (method != "fp")
+
+
+@pytest.mark.parametrize("quant", [q for q in options("quant") if q not in ("w8a8",)])
+def test_fast_dev_run_every_quant(quant: str, tmp_path: Path, fixture_root: Path, teacher_cache: Path) -> None:
+    results = smoke(tmp_path, fixture_root, ["task=xnli", "method=ptq", f"quant={quant}"], teacher_cache)
+    report = results["quant_report"]
+    assert report is not None
+
+
+@pytest.mark.parametrize("logger", options("logger"))
+def test_fast_dev_run_every_logger(logger: str, tmp_path: Path, fixture_root: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    results = smoke(tmp_path, fixture_root, ["task=xnli", "method=fp", f"logger={logger}"])
+    assert results["method"] == "fp"
+
+
+def test_bits_shortcut_sets_weight_and_embedding_bits() -> None:
+    cfg = resolve_config(make_cfg(["bits=4"]))
+    assert cfg.quant.weight.bits == 4 and cfg.quant.embedding.bits == 4 and cfg.quant.act.bits == 8
+    cfg = resolve_config(make_cfg(["quant=fp32", "bits=2"]))
+    assert cfg.quant.weight.bits == 2 and cfg.quant.act.bits == 8
+
+
+@pytest.mark.parametrize("bits", [0, 9, 33, -1])
+def test_invalid_bits_fail_before_model_load(bits: int) -> None:
+    with pytest.raises(SdqConfigError, match="bit"):
+        resolve_config(make_cfg([f"bits={bits}"]))

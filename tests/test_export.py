@@ -1,0 +1,188 @@
+"""export_quantized / load_quantized / check_agreement on the tiny XLM-R: exact weights, logits, sizes,
+tampered directories."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sdq.errors import SdqError
+from sdq.export import check_agreement, export_quantized, load_quantized, module_kind
+from sdq.export.writer import MANIFEST_FILE, WEIGHTS_FILE
+from sdq.quant import QuantConfig, prepare, set_phase, strip
+
+W8A8 = {"weight": {"bits": 8, "granularity": "channel"},
+        "act": {"bits": 8, "symmetric": False, "observer": "ema"},
+        "embedding": {"bits": 8, "granularity": "row"}}
+W4 = {"weight": {"bits": 4, "granularity": "channel"}, "embedding": {"bits": 4, "granularity": "row"}}
+MIXED = {"weight": {"bits": 2, "scheme": "kmeans", "granularity": "channel"},
+         "embedding": {"bits": 2, "scheme": "binary", "granularity": "row"},
+         "overrides": {r"layer\.1\.output": {"bits": 3, "scheme": "uniform"}}}
+
+
+def build_model(head="seq_cls", labels=3) -> torch.nn.Module:
+    """The 2-layer hidden-32 XLM-R ("tiny") with a 1000-token vocabulary, random init (fast tests)."""
+    from transformers import (
+        XLMRobertaConfig,
+        XLMRobertaForSequenceClassification,
+        XLMRobertaForTokenClassification,
+    )
+
+    cfg = XLMRobertaConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=66, num_labels=labels)
+    cls = XLMRobertaForTokenClassification if head == "token_cls" else XLMRobertaForSequenceClassification
+    torch.manual_seed(0)
+    return cls(cfg).eval()
+
+
+def batch(n=4, t=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 1000, (n, t), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, t // 2:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def make_student(quant: dict, head="seq_cls", labels=3) -> torch.nn.Module:
+    m = build_model(head, labels)
+    prepare(m, QuantConfig.from_dict(quant))
+    set_phase(m, "calibrate")
+    with torch.no_grad():
+        m(**batch(8, 16, seed=1))
+    set_phase(m, "frozen")
+    return m
+
+
+@pytest.fixture(scope="module")
+def w8a8(tmp_path_factory):
+    student = make_student(W8A8)
+    out = tmp_path_factory.mktemp("w8a8")
+    return student, out, export_quantized(student, out)
+
+
+@pytest.mark.parametrize("quant", [W4, MIXED], ids=["w4", "kmeans2-binary2-uniform3"])
+def test_loaded_weights_are_the_stripped_students_bit_exact(tmp_path, quant):
+    student = make_student(quant, head="token_cls", labels=5)
+    report = export_quantized(student, tmp_path)
+    assert report.onnx is None  # weight-only: no integer activations, no ONNX by default
+    loaded = load_quantized(tmp_path)
+    ref = strip(copy.deepcopy(student)).state_dict()
+    got = loaded.state_dict()
+    assert set(ref) == set(got)
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+    b = batch()
+    with torch.no_grad():  # weight-only fake quant == plain model with the effective weights
+        torch.testing.assert_close(loaded(**b).logits, student(**b).logits, atol=1e-6, rtol=0)
+
+
+def test_w8a8_onnx_reproduces_student_logits(w8a8):
+    student, out, report = w8a8
+    assert report.onnx["ops"]["integer"] + 3 * report.onnx["ops"]["qattention"] == 12  # 2 layers x 6 Linear
+    assert report.onnx["ops"]["int8_embedding"]
+    fast = load_quantized(out, backend="onnx")
+    b = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(**b).logits, student(**b).logits, atol=1e-4, rtol=0)
+    res = check_agreement(student, fast, [batch(seed=s) for s in range(3)])
+    assert res["ok"] and res["metric_diff"] == 0.0 and res["max_logit_diff"] < 1e-4
+
+
+def test_size_accounting(w8a8):
+    student, out, report = w8a8
+    plain = strip(copy.deepcopy(student))
+    fp32 = {k: 0 for k in report.fp32_bytes}
+    for name, p in plain.state_dict().items():
+        fp32[module_kind(name)] += 4 * p.numel()
+    assert report.fp32_bytes == fp32
+    q = plain.roberta.encoder.layer[0].attention.self.query.weight  # (32, 32) int8 + fp32 scale per row
+    meta = json.loads((out / "sdq_export.json").read_text())["tensors"]
+    assert meta["roberta.encoder.layer.0.attention.self.query.weight"]["bits"] == 8
+    word = plain.roberta.embeddings.word_embeddings.weight  # (V, 32): 1 byte per value + 4 per row
+    emb_packed = report.packed_bytes["embeddings"]
+    others = sum(4 * p.numel() for n, p in plain.state_dict().items()
+                 if module_kind(n) == "embeddings" and n.endswith("LayerNorm.weight") | n.endswith("LayerNorm.bias"))
+    pos, typ = plain.roberta.embeddings.position_embeddings.weight, plain.roberta.embeddings.token_type_embeddings.weight
+    assert emb_packed == others + sum(t.numel() + 4 * t.shape[0] for t in (word, pos, typ))
+    assert report.ratio == pytest.approx(report.fp32_total / report.packed_total)
+    assert q.shape == (32, 32) and "total" in report.table()
+
+
+def test_module_kind():
+    assert module_kind("roberta.embeddings.word_embeddings.weight") == "embeddings"
+    assert module_kind("roberta.encoder.layer.3.attention.self.query.weight") == "attention"
+    assert module_kind("roberta.encoder.layer.3.attention.output.dense.weight") == "attention"
+    assert module_kind("roberta.encoder.layer.3.intermediate.dense.weight") == "ffn"
+    assert module_kind("roberta.encoder.layer.3.output.dense.bias") == "ffn"
+    assert module_kind("classifier.out_proj.weight") == "other"
+
+
+def _copy_export(src, dst):
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "no_manifest", "bad_manifest"])
+def test_tampered_or_truncated_export_is_one_clear_error(w8a8, tmp_path, damage):
+    _, out, _ = w8a8
+    d = _copy_export(out, tmp_path / "copy")
+    f = d / WEIGHTS_FILE
+    data = bytearray(f.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+        f.write_bytes(bytes(data))
+        match = "sha256"
+    elif damage == "truncate":
+        f.write_bytes(bytes(data[: len(data) // 3]))
+        match = "truncated"
+    elif damage == "delete":
+        f.unlink()
+        match = "missing"
+    elif damage == "no_manifest":
+        (d / MANIFEST_FILE).unlink()
+        match = "not an sdq export"
+    else:
+        (d / MANIFEST_FILE).write_text("{not json")
+        match = "unreadable"
+    for backend in ("torch", "onnx"):
+        with pytest.raises(SdqError, match=match):
+            load_quantized(d, backend=backend)
+
+
+def test_check_agreement_fails_beyond_tolerance(w8a8):
+    student, _, _ = w8a8
+
+    class Flipped(torch.nn.Module):  # same logits, reversed classes: predictions differ
+        def forward(self, ids, mask):
+            return type("O", (), {"logits": student(input_ids=ids, attention_mask=mask).logits.flip(-1)})()
+
+    batches = [batch(seed=s) for s in range(2)]
+    res = check_agreement(student, Flipped(), batches, raise_on_fail=False)
+    assert not res["ok"] and res["max_logit_diff"] > 0
+    with pytest.raises(SdqError, match="disagrees"):
+        check_agreement(student, Flipped(), batches)
+    labelled = [{**b, "labels": torch.zeros(b["input_ids"].shape[0], dtype=torch.long)} for b in batches]
+    res = check_agreement(student, student, labelled)
+    preds = torch.cat([student(**batch(seed=s)).logits.argmax(-1) for s in range(2)])
+    assert res["student"] == pytest.approx(100.0 * float(np.mean(preds.numpy() == 0)))
+
+
+def test_export_of_an_unprepared_model_is_an_error(tmp_path):
+    with pytest.raises(SdqError, match="no sdq quantizers"):
+        export_quantized(build_model(), tmp_path)
+
+
+def test_non_uniform_weights_with_int8_acts_run_as_qdq_in_onnx(tmp_path):
+    quant = {"weight": {"bits": 3, "scheme": "kmeans", "granularity": "channel"},
+             "act": {"bits": 6, "symmetric": False, "observer": "ema"}}
+    student = make_student(quant)
+    report = export_quantized(student, tmp_path)
+    assert report.onnx["ops"]["act_qdq"] == 12 and report.onnx["ops"]["integer"] == 0
+    b = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(load_quantized(tmp_path, backend="onnx")(**b).logits, student(**b).logits,
+                                   atol=1e-4, rtol=0)

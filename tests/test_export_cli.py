@@ -1,0 +1,84 @@
+"""``python -m sdq.export ckpt=... out=...`` on a hand-made sdq checkpoint of a tiny quantized student."""
+
+import json
+
+import pytest
+import torch
+
+from sdq.export import load_quantized
+from sdq.export.__main__ import main, parse_args
+from sdq.quant import QuantConfig, prepare, set_phase
+
+W8A8 = {"weight": {"bits": 8, "scheme": "uniform", "symmetric": True, "granularity": "channel",
+                   "observer": "minmax"},
+        "act": {"bits": 8, "scheme": "uniform", "symmetric": False, "granularity": "tensor", "observer": "ema"},
+        "embedding": {"bits": 8, "scheme": "uniform", "symmetric": True, "granularity": "row",
+                      "observer": "minmax"},
+        "attention": None, "skip": ["classifier"], "overrides": {}, "quant_noise_p": 0.0, "quant_noise_block": 8}
+
+
+def write_checkpoint(tmp_path, backbone: str) -> tuple:
+    """An sdq-style Lightning checkpoint (state_dict ``student.*`` + ``sdq.config``) of a calibrated student."""
+    from omegaconf import OmegaConf
+
+    from sdq.lit.restore import build_from_config
+
+    cfg = {"model": {"name_or_path": backbone}, "task": {"name": "demo"},
+           "method": {"name": "sdq", "quantize": True, "quant_noise": 0.0}, "quant": {"name": "w8a8", **W8A8},
+           "data": {"root": None, "max_length": 32, "eval_batch_size": 8, "languages": None, "limit_eval": 16}}
+    torch.manual_seed(0)
+    student = build_from_config(OmegaConf.create(cfg), quantize=False).eval()
+    prepare(student, QuantConfig.from_dict(W8A8))
+    set_phase(student, "calibrate")
+    with torch.no_grad():
+        ids = torch.randint(5, 900, (4, 16))
+        student(input_ids=ids, attention_mask=torch.ones_like(ids))
+    set_phase(student, "frozen")
+    ckpt = tmp_path / "best.ckpt"
+    torch.save({"state_dict": {f"student.{k}": v for k, v in student.state_dict().items()},
+                "sdq": {"config": cfg}}, ckpt)
+    return ckpt, student
+
+
+@pytest.fixture
+def small_backbone(tmp_path):
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    cfg = XLMRobertaConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=66)
+    torch.manual_seed(0)
+    XLMRobertaModel(cfg, add_pooling_layer=False).save_pretrained(str(tmp_path / "backbone"))
+    return str(tmp_path / "backbone")
+
+
+def test_cli_exports_a_checkpoint(tmp_path, small_backbone, capsys):
+    ckpt, student = write_checkpoint(tmp_path, small_backbone)
+    out = tmp_path / "export"
+    res = main([f"ckpt={ckpt}", f"out={out}", "check=false"])
+    printed = capsys.readouterr().out
+    assert "whole model:" in printed and "embeddings" in printed and "attention" in printed
+    assert res["ratio"] > 3.0 and res["onnx"]["ops"]["integer"] + 3 * res["onnx"]["ops"]["qattention"] == 12
+    assert json.loads((out / "export_report.json").read_text())["packed_total"] == res["packed_total"]
+    ids = torch.randint(5, 900, (3, 10))
+    with torch.no_grad():
+        ref = student(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        got = load_quantized(out, backend="onnx")(ids, torch.ones_like(ids)).logits
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+
+
+def test_cli_argument_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["ckpt=x.ckpt"])
+    assert exc.value.code == 2 and "out= is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([f"ckpt={tmp_path / 'missing.ckpt'}", f"out={tmp_path / 'o'}"])
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert parse_args(["ckpt=a", "out=b", "tol=0.5"])["tol"] == 0.5
+
+
+@pytest.mark.slow
+def test_cli_agreement_on_demo_dev_batches(tmp_path):
+    ckpt, _ = write_checkpoint(tmp_path, "tiny")
+    res = main([f"ckpt={ckpt}", f"out={tmp_path / 'export'}", "batches=2"])
+    assert res["agreement"]["backend"] == "onnx" and res["agreement"]["examples"] > 0
+    assert abs(res["agreement"]["metric_diff"]) <= 0.1

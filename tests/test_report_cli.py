@@ -1,0 +1,177 @@
+"""eval_xglue.py / sdq.report.runner: the three modes, the gate's exit status, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from sdq.errors import SdqConfigError
+from sdq.report.gate import EXIT_GATE_FAILED
+from sdq.report.runner import run_eval
+from sdq.report.synthetic import fake_results, write_fake_sweep, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+LANGS = ["en", "de", "sw"]
+
+
+def make_cfg(**overrides):
+    cfg = OmegaConf.load(ROOT / "conf" / "eval.yaml")
+    cfg.pop("hydra")
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    teacher = write_json(
+        tmp_path / "teacher" / "results.json", fake_results("xnli", method="fp", languages=LANGS)
+    )
+    bad = write_json(
+        tmp_path / "bad" / "results.json", fake_results("xnli", bits=2, drop=1.0, languages=LANGS)
+    )
+    return teacher.parent, bad.parent
+
+
+def test_compare_writes_table_heatmap_and_bars(tmp_path):
+    root = write_fake_sweep(tmp_path / "multirun" / "t0", "pawsx")
+    out = tmp_path / "out"
+    assert run_eval(make_cfg(compare=str(root)), out) == 0
+    for name in ("compare.md", "compare_pawsx.csv", "heatmap_pawsx.png", "averages_pawsx.png"):
+        assert (out / name).is_file(), name
+    md = (out / "compare.md").read_text()
+    assert "| me5_small | sdq | b2 | 77.50 (-2.50) |" in md and "![heatmap_pawsx](heatmap_pawsx.png)" in md
+    with pytest.raises(SdqConfigError, match="no xnli runs found"):
+        run_eval(make_cfg(compare=str(root), task="xnli"), out)
+
+
+def test_results_mode_gate(runs, tmp_path):
+    teacher, bad = runs
+    out = tmp_path / "out"
+    status = run_eval(make_cfg(results=str(bad), reference=str(teacher), **{"gate.max_lang_drop": 1.05}), out)
+    assert status == EXIT_GATE_FAILED
+    gate = json.loads((out / "gate.json").read_text())[0]
+    assert gate["failed_languages"] == ["sw", "de"] and not gate["passed"]
+    assert "| sw | 75.80 | 77.00 | -1.20 |" in (out / "report.md").read_text()
+    assert (out / "xnli_test_languages.png").is_file()
+    cfg = make_cfg(
+        results=str(teacher), reference=str(teacher), **{"gate.max_drop": 0, "gate.max_lang_drop": 0}
+    )
+    assert run_eval(cfg, tmp_path / "out2") == 0
+    # no reference: the run's own FP teacher; a language subset re-averages
+    assert (
+        run_eval(make_cfg(results=str(bad), languages="[en]", **{"gate.max_drop": 1.0}), tmp_path / "o3") == 0
+    )
+    assert (
+        run_eval(make_cfg(results=str(bad), languages="[sw]", **{"gate.max_drop": 1.0}), tmp_path / "o4") == 3
+    )
+
+
+def test_ckpt_mode_calls_evaluate_and_writes_results(runs, tmp_path, monkeypatch):
+    teacher, _ = runs
+    ckpt = tmp_path / "student.ckpt"
+    ckpt.write_bytes(b"stub")
+    (teacher / "checkpoints").mkdir()
+    (teacher / "checkpoints" / "best.ckpt").write_bytes(b"stub")
+    calls = []
+
+    def fake_evaluate(ckpt, task, data_root, reference=None, languages=None, batch_size=64):
+        calls.append((ckpt, task, data_root, reference, languages, batch_size))
+        return fake_results(task, bits=4, drop=1.0, languages=languages)
+
+    # a stand-in for the lead's sdq.evaluate (no model, no Lightning import)
+    monkeypatch.setitem(sys.modules, "sdq.evaluate", types.SimpleNamespace(evaluate_checkpoint=fake_evaluate))
+    cfg = make_cfg(
+        ckpt=str(ckpt),
+        tasks="[xnli,ner]",
+        languages="[en,de]",
+        reference=str(teacher),
+        **{"data.root": "/data", "data.eval_batch_size": 8, "gate.max_lang_drop": 1.05},
+    )
+    assert run_eval(cfg, tmp_path / "out") == EXIT_GATE_FAILED  # de drops 1.1 in both tasks
+    ref_ckpt = str(teacher / "checkpoints" / "best.ckpt")
+    assert calls == [
+        (str(ckpt), "xnli", "/data", ref_ckpt, ["en", "de"], 8),
+        (str(ckpt), "ner", "/data", ref_ckpt, ["en", "de"], 8),
+    ]
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["xnli"]["test"]["de"] == 77.4 and saved["ner"]["test"]["en"] == 79.0
+    assert set(saved["teacher"]) == {"xnli", "ner"} and saved["metric"] == {"xnli": "acc", "ner": "f1"}
+    gates = json.loads((tmp_path / "out" / "gate.json").read_text())
+    assert [g["failed_languages"] for g in gates] == [["de"], ["de"]]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({}, "exactly one of"),
+        ({"ckpt": "/nope/best.ckpt", "task": "xnli"}, r"ckpt=/nope/best.ckpt does not exist"),
+        ({"ckpt": "/tmp", "task": "foo"}, "task 'foo' is not an XGLUE"),
+        ({"ckpt": "/tmp", "task": "pawsx", "languages": "[en,sw]"}, "languages: sw not in task pawsx"),
+        ({"ckpt": "/tmp"}, "needs task="),
+        ({"ckpt": "/tmp", "task": "xnli", "split": "train"}, "split=train"),
+    ],
+)
+def test_bad_input_is_one_config_error(overrides, match, tmp_path):
+    with pytest.raises(SdqConfigError, match=match):
+        run_eval(make_cfg(**overrides), tmp_path)
+
+
+def test_results_mode_bad_input(runs, tmp_path):
+    _, bad = runs
+    ckpt = tmp_path / "t.ckpt"
+    ckpt.write_bytes(b"stub")
+    with pytest.raises(SdqConfigError, match="is a checkpoint without results.json"):
+        run_eval(make_cfg(results=str(bad), reference=str(ckpt)), tmp_path / "o")
+    with pytest.raises(SdqConfigError, match="has no pos results"):
+        run_eval(make_cfg(results=str(bad), task="pos"), tmp_path / "o")
+
+
+def _script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "eval_xglue.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_script_exit_status_and_one_line_errors(runs, tmp_path):
+    teacher, bad = runs
+    p = _script(
+        f"results={bad}",
+        f"reference={teacher}",
+        "gate.max_drop=0.5",
+        "gate.max_lang_drop=1.05",
+        f"hydra.run.dir={tmp_path / 'g'}",
+    )
+    assert p.returncode == 3, p.stderr
+    assert "gate FAILED on xnli test" in p.stderr and "sw (1.20), de (1.10)" in p.stderr
+    p = _script("ckpt=/nope.ckpt", "task=xnli", f"hydra.run.dir={tmp_path / 'e'}")
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "error: ckpt=/nope.ckpt does not exist; pass a run dir or its checkpoints/best.ckpt"
+    ]
+
+
+def test_ckpt_per_task_mapping(tmp_path, monkeypatch):
+    a, b = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
+    a.write_bytes(b"stub")
+    b.write_bytes(b"stub")
+    seen = {}
+
+    def fake_evaluate(ckpt, task, data_root, reference=None, languages=None, batch_size=64):
+        seen[task] = ckpt
+        return fake_results(task, bits=8, drop=0.0)
+
+    monkeypatch.setitem(sys.modules, "sdq.evaluate", types.SimpleNamespace(evaluate_checkpoint=fake_evaluate))
+    cfg = make_cfg(ckpt=f"{{pos: {a}, ner: {b}}}", tasks="[pos,ner]", plots=False)
+    assert run_eval(cfg, tmp_path / "out") == 0
+    assert seen == {"pos": str(a), "ner": str(b)}
+    with pytest.raises(SdqConfigError, match="ckpt has no entry for task xnli"):
+        run_eval(make_cfg(ckpt=f"{{pos: {a}}}", task="xnli"), tmp_path / "out")
