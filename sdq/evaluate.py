@@ -54,8 +54,13 @@ def evaluate_checkpoint(
     teacher = None
     if reference is not None:
         teacher = load_student(resolve_ckpt(reference))
-    elif any(k.startswith("teacher.") for k in raw["state_dict"]):
-        teacher = load_student(path, prefix="teacher.")
+    elif (raw.get("sdq") or {}).get("teacher_ckpt"):  # the run's own FP teacher
+        from sdq.lit.restore import build_from_config
+        from sdq.teacher import load_weights
+
+        teacher = build_from_config(cfg, quantize=False)
+        load_weights(teacher, raw["sdq"]["teacher_ckpt"])
+        teacher.eval()
     del raw
     cfg.data.root = data_root if data_root is not None else cfg.data.root
     cfg.data.eval_batch_size = batch_size

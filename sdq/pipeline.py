@@ -67,7 +67,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
 
     epochs = int(method.epochs if method.epochs is not None else cfg.task.epochs)
     lr = float(method.lr if method.lr is not None else cfg.task.lr)
-    module = make_module(cfg, student, teacher, loss, dm, lr, fingerprint(cfg))
+    module = make_module(cfg, student, teacher, loss, dm, lr, fingerprint(cfg), teacher_path)
     fit_and_test(cfg, module, dm, run_dir, epochs, bool(method.train), tags, ckpt_path=cfg.get("ckpt_path"))
 
     results = write_results(

@@ -57,6 +57,7 @@ class SDQModule(pl.LightningModule):
         diag_batch: dict[str, torch.Tensor] | None = None,
         fingerprint: dict | None = None,
         run_config: dict | None = None,
+        teacher_ckpt: str | None = None,
     ) -> None:
         super().__init__()
         self.student = student.train()  # from_pretrained leaves eval mode; Lightning keeps module modes
@@ -72,6 +73,7 @@ class SDQModule(pl.LightningModule):
         self.diag_batch = diag_batch
         self.fingerprint = fingerprint or {}
         self.run_config = run_config
+        self.teacher_ckpt = teacher_ckpt
         if freeze_embeddings:
             self.student.get_input_embeddings().requires_grad_(False)
         self.results: dict[str, dict[str, dict[str, float]]] = {}
@@ -203,13 +205,21 @@ class SDQModule(pl.LightningModule):
 
     # ------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The frozen teacher is not saved again: it is rebuilt from ``teacher_ckpt`` (its path is kept
+        # so a resumed or evaluated run can tell the teacher changed). Halves checkpoint size.
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("teacher.")]:
+            del state[key]
         checkpoint["sdq"] = {
+            "teacher_ckpt": self.teacher_ckpt,
             "fingerprint": self.fingerprint,
             "config": self.run_config,
             "layer_errors": self.layer_error_history,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.teacher is not None:  # re-insert the (unchanged, frozen) teacher for strict loading
+            checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
         saved = checkpoint.get("sdq", {}).get("fingerprint")
         if saved is not None and self.fingerprint and saved != self.fingerprint:
             diff = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))

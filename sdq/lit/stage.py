@@ -40,7 +40,7 @@ def build_datamodule(cfg: DictConfig, tokenizer) -> XGLUEDataModule:
     return dm
 
 
-def make_module(cfg, student, teacher, loss, dm, lr: float, fp: dict) -> SDQModule:
+def make_module(cfg, student, teacher, loss, dm, lr: float, fp: dict, teacher_ckpt=None) -> SDQModule:
     """The LightningModule for one stage (teacher fine-tuning or student training)."""
     spec = dm.spec
     diag = None
@@ -53,6 +53,7 @@ def make_module(cfg, student, teacher, loss, dm, lr: float, fp: dict) -> SDQModu
         lr=lr, weight_decay=cfg.task.weight_decay, warmup_ratio=cfg.task.warmup_ratio,
         freeze_embeddings=cfg.task.freeze_embeddings, teacher_bf16=cfg.teacher.bf16,
         diag_batch=diag, fingerprint=fp, run_config=plain_config(cfg),
+        teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else None,
     )
 
 
