@@ -68,7 +68,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     epochs = int(method.epochs if method.epochs is not None else cfg.task.epochs)
     lr = float(method.lr if method.lr is not None else cfg.task.lr)
     module = make_module(cfg, student, teacher, loss, dm, lr, fingerprint(cfg), teacher_path)
-    fit_and_test(cfg, module, dm, run_dir, epochs, bool(method.train), tags, ckpt_path=cfg.get("ckpt_path"))
+    trainer = fit_and_test(cfg, module, dm, run_dir, epochs, bool(method.train), tags, ckpt_path=cfg.get("ckpt_path"))
 
     results = write_results(
         run_dir, spec, module.results, module.layer_error_history,
@@ -76,5 +76,16 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
               "quant_report": report.to_dict() if report is not None else None,
               "config": plain_config(cfg)},
     )
+    _log_to_wandb(trainer, results)
     print_table(results, spec)
     return results
+
+
+def _log_to_wandb(trainer, results: dict) -> None:
+    """With ``logger=wandb``: the per-language table, charts and summary into the run's W&B run."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    if trainer.is_global_zero and isinstance(trainer.logger, WandbLogger):
+        from sdq.report.wandb_log import log_results
+
+        log_results(results, run=trainer.logger.experiment)

@@ -61,10 +61,12 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 def teacher_key(cfg: DictConfig) -> str:
     """Cache key of a stage-1 teacher."""
     root = cfg.data.root
+    data = {k: cfg.data.get(k) for k in ("max_length", "batch_size", "limit_train", "limit_eval", "languages")}
+    if cfg.data.get("val_languages"):  # model selection languages (absent = all: older keys stay valid)
+        data["val_languages"] = list(cfg.data.val_languages)
     return stable_hash({
         "model": cfg.model.name_or_path, "task": dict(cfg.task), "seed": cfg.seed,
-        "root": os.path.abspath(root) if root else None,
-        "data": {k: cfg.data.get(k) for k in ("max_length", "batch_size", "limit_train", "limit_eval", "languages")},
+        "root": os.path.abspath(root) if root else None, "data": data,
     })
 
 
