@@ -69,6 +69,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     lr = float(method.lr if method.lr is not None else cfg.task.lr)
     module = make_module(cfg, student, teacher, loss, dm, lr, fingerprint(cfg), teacher_path)
     trainer = fit_and_test(cfg, module, dm, run_dir, epochs, bool(method.train), tags, ckpt_path=cfg.get("ckpt_path"))
+    if method.quantize and not method.train:  # PTQ: keep the calibrated student (export, eval_xglue)
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
 
     results = write_results(
         run_dir, spec, module.results, module.layer_error_history,

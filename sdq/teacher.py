@@ -63,7 +63,7 @@ def teacher_key(cfg: DictConfig) -> str:
     root = cfg.data.root
     data = {k: cfg.data.get(k) for k in ("max_length", "batch_size", "limit_train", "limit_eval", "languages")}
     if cfg.data.get("val_languages"):  # model selection languages (absent = all: older keys stay valid)
-        data["val_languages"] = list(cfg.data.val_languages)
+        data["val_languages"] = list(cfg.data.val_languages)  # (task.val_languages is part of "task")
     return stable_hash({
         "model": cfg.model.name_or_path, "task": dict(cfg.task), "seed": cfg.seed,
         "root": os.path.abspath(root) if root else None, "data": data,

@@ -109,3 +109,17 @@ def test_bits_shortcut_sets_weight_and_embedding_bits() -> None:
 def test_invalid_bits_fail_before_model_load(bits: int) -> None:
     with pytest.raises(SdqConfigError, match="bit"):
         resolve_config(make_cfg([f"bits={bits}"]))
+
+
+def test_task_data_defaults_and_overrides() -> None:
+    """A task may default data keys (demo: English model selection, subsets); data.* overrides win."""
+    from sdq.lit.stage import build_datamodule
+    from sdq.models import load_tokenizer, resolve_backbone
+
+    tok = load_tokenizer(resolve_backbone("tiny"))
+    dm = build_datamodule(resolve_config(make_cfg(["model=tiny", "task=demo"])), tok)
+    assert dm.val_languages == ["en"] and len(dm.test_languages) > 1
+    assert dm.sizes()["train/en"] == 640 and dm.limit_eval == 100
+    cfg = resolve_config(make_cfg(["model=tiny", "task=demo", "data.limit_train=8", "data.val_languages=[en,de]"]))
+    dm = build_datamodule(cfg, tok)
+    assert dm.val_languages == ["en", "de"] and dm.sizes()["train/en"] == 8

@@ -105,7 +105,8 @@ def test_per_language_loaders_in_order(root, tok):
 def test_wpr_groups_reach_the_batch(root, tok):
     dm = XGLUEDataModule("wpr", root=root, tokenizer=tok, eval_batch_size=100)
     groups = next(iter(dm.val_dataloader()[1]))["group"].tolist()
-    assert groups == [r["group"] for r in read_split(root, "wpr", "de", "dev")]
+    # eval loaders are ordered longest first; every query group still reaches the batch
+    assert sorted(groups) == sorted(r["group"] for r in read_split(root, "wpr", "de", "dev"))
 
 
 def test_language_resolution(root, tok, caplog):

@@ -198,6 +198,8 @@ class XGLUEDataModule(pl.LightningDataModule):
     # ---- loaders -----------------------------------------------------------------------------
     def _loader(self, data: list[dict], batch_size: int, shuffle: bool) -> DataLoader:
         gen = torch.Generator().manual_seed(self.seed) if shuffle else None
+        if not shuffle:  # evaluation: longest first, so batches pad little (metrics are order-free)
+            data = sorted(data, key=lambda ex: -len(ex["input_ids"]))
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=gen,
                           collate_fn=self.collate, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)

@@ -34,8 +34,10 @@ def build_datamodule(cfg: DictConfig, tokenizer) -> XGLUEDataModule:
         task=cfg.task.name, root=root, tokenizer=tokenizer, max_length=d.max_length,
         batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
         languages=list(d.languages) if d.languages is not None else None,
-        val_languages=list(d.val_languages) if d.get("val_languages") else None,
-        num_workers=d.num_workers, seed=cfg.seed, limit_train=d.limit_train, limit_eval=d.limit_eval,
+        val_languages=list(val) if (val := d.get("val_languages") or cfg.task.get("val_languages")) else None,
+        num_workers=d.num_workers, seed=cfg.seed,
+        limit_train=d.limit_train if d.limit_train is not None else cfg.task.get("limit_train"),
+        limit_eval=d.limit_eval if d.limit_eval is not None else cfg.task.get("limit_eval"),
     )
     dm.setup("fit")
     return dm
