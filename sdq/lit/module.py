@@ -24,6 +24,7 @@ from sdq.distill import DistillLoss, capture
 from sdq.errors import SdqError
 from sdq.lit.evaluation import LanguageAccumulator, aggregate
 from sdq.lit.optim import build_optimizer
+from sdq.lit.teacher_cache import TeacherLogitsCache
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -79,7 +80,7 @@ class SDQModule(pl.LightningModule):
         self.results: dict[str, dict[str, dict[str, float]]] = {}
         self.layer_error_history: list[dict] = []
         self._acc: dict[str, LanguageAccumulator] = {}
-        self._teacher_cache: dict[tuple[str, int, int], torch.Tensor] = {}
+        self._teacher_cache = TeacherLogitsCache.beside(teacher_ckpt)
 
     # ------------------------------------------------------------------ setup
     def train(self, mode: bool = True) -> SDQModule:
@@ -148,11 +149,14 @@ class SDQModule(pl.LightningModule):
         inputs = self._inputs(batch)
         logits = self.student(**inputs).logits
         t_logits = None
-        if self.teacher is not None:
-            key = (stage, dl_idx, batch_idx)
-            if key not in self._teacher_cache:  # the teacher is frozen: its logits never change
-                self._teacher_cache[key] = self._teacher_forward(inputs, attn_out=False).logits.cpu()
-            t_logits = self._teacher_cache[key].to(logits.device)
+        if self.teacher is not None:  # frozen: its logits never change (cached on disk, see teacher_cache)
+            dtype = next(self.teacher.parameters()).dtype
+            key = self._teacher_cache.key(inputs, self.device.type, dtype)
+            t_logits = self._teacher_cache.get(key)
+            if t_logits is None:
+                t_logits = self._teacher_forward(inputs, attn_out=False).logits
+                self._teacher_cache.put(key, t_logits)
+            t_logits = t_logits.to(logits.device)
         acc = self._acc.setdefault(f"{stage}/{lang}", LanguageAccumulator(self.task.head))
         group = batch.get("group") if self.task.head == "rank" else None
         acc.add(logits, batch["labels"], group=group, teacher_logits=t_logits)
@@ -169,6 +173,8 @@ class SDQModule(pl.LightningModule):
             acc = self._acc.pop(f"{stage}/{lang}", None)
             if acc is not None:
                 per_lang[lang] = acc.summary(self.task.metric, self.task.label_names)
+        if self.trainer.is_global_zero:
+            self._teacher_cache.save()
         if not per_lang:
             return
         per_lang["avg"] = aggregate(per_lang)
