@@ -175,3 +175,17 @@ def test_ckpt_per_task_mapping(tmp_path, monkeypatch):
     assert seen == {"pos": str(a), "ner": str(b)}
     with pytest.raises(SdqConfigError, match="ckpt has no entry for task xnli"):
         run_eval(make_cfg(ckpt=f"{{pos: {a}}}", task="xnli"), tmp_path / "out")
+
+
+def test_compare_plots_layer_errors_of_quantized_runs(tmp_path):
+    root = write_fake_sweep(tmp_path / "multirun" / "t0", "xnli")
+    job = root / "bits=4,method=sdq" / "results.json"
+    res = json.loads(job.read_text())
+    errs = {"layer_carried": [0.01, 0.02, 0.04], "layer_local": [0.01, 0.01, 0.01],
+            "attn_carried": [0.02, 0.03, 0.05], "attn_local": [0.02, 0.02, 0.02]}
+    res["layer_errors"] = [{"epoch": 0, **{k: [2 * v for v in vs] for k, vs in errs.items()}}, {"epoch": 1, **errs}]
+    write_json(job, res)
+    out = tmp_path / "out"
+    assert run_eval(make_cfg(compare=str(root)), out) == 0
+    assert (out / "layer_errors_xnli.png").stat().st_size > 10_000
+    assert "![layer_errors_xnli](layer_errors_xnli.png)" in (out / "compare.md").read_text()

@@ -213,6 +213,8 @@ def run_compare(cfg: DictConfig, out_dir: Path, console: Console) -> int:
             ):
                 if png is not None:
                     md += [f"![{png.stem}]({png.name})", ""]
+        if cfg.plots and (png := plot_compare_layer_errors(runs, task, out_dir / f"layer_errors_{task}.png")):
+            md += [f"![{png.stem}]({png.name})", ""]
     (out_dir / "compare.md").write_text("\n".join(md))
     if cfg.wandb.enabled:
         from sdq.report.wandb_log import log_comparison
@@ -220,6 +222,21 @@ def run_compare(cfg: DictConfig, out_dir: Path, console: Console) -> int:
         log_comparison(tables, out_dir, project=cfg.wandb.project, mode=cfg.wandb.mode)
     console.print(f"comparison of {len(runs)} runs written to {out_dir}")
     return 0
+
+
+def plot_compare_layer_errors(runs: list[tuple[Path, dict]], task: str, path: Path) -> Path | None:
+    """Accumulated (carried) and local error per layer of the selected model of each quantized run."""
+    from sdq.distill import plot_layer_errors
+
+    curves = {}
+    for _, r in runs:
+        if task in r and r.get("layer_errors"):
+            label = f"{r.get('method')} {r.get('quant')}" + (f" b{r['bits']}" if r.get("bits") not in (None, "") else "")
+            curves[label] = r["layer_errors"][-1]  # the last validation: the reloaded best model
+    if not curves:
+        return None
+    return plot_layer_errors(dict(sorted(curves.items())), path, kinds=("layer_carried", "attn_local"),
+                             title=f"{task}: quantization error per layer vs the FP teacher (dev batch)")
 
 
 def run_eval(cfg: DictConfig, out_dir: Path, console: Console | None = None) -> int:
