@@ -7,10 +7,13 @@
 Returns the average test metric (for Hydra sweepers); writes results.json into the run dir.
 """
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
-from sdq.cli import guarded
+from sdq.cli import check_group_overrides, guarded
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -23,4 +26,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_group_overrides(sys.argv[1:], Path(__file__).parent / "conf")  # task=foo: one error line
     main()

@@ -41,3 +41,26 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper
+
+
+def check_group_overrides(argv: list[str], conf_dir: str | os.PathLike) -> None:
+    """Exit 2 with one ``error:`` line when ``group=name`` names no file in ``conf/<group>/``.
+
+    Hydra would print a multi-line composition error; this runs before it, on ``sys.argv[1:]``.
+
+    >>> check_group_overrides(["task=xnli", "bits=4"], "conf")   # passes silently
+    """
+    from pathlib import Path
+
+    conf = Path(conf_dir)
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if not sep or "." in key or "/" in key or not (conf / key).is_dir() or key == "hydra":
+            continue
+        options = sorted(p.stem for p in (conf / key).glob("*.yaml"))
+        for name in value.split(","):  # multirun: method=ptq,qat
+            if name and name != "null" and name not in options:
+                print(f"error: {key}={name} is not a config in {conf / key}; choose one of: "
+                      f"{', '.join(options)}", file=sys.stderr, flush=True)
+                sys.exit(EXIT_USER_ERROR)

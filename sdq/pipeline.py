@@ -14,14 +14,13 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig
 
 from sdq.config import fingerprint, plain_config, quant_dict, resolve_config
 from sdq.data.tasks import get_task
 from sdq.lit.stage import build_datamodule, fit_and_test, make_module
 from sdq.models import build_model, load_tokenizer, resolve_backbone
-from sdq.results import print_table, write_results
+from sdq.results import build_results, print_table, write_results
 from sdq.teacher import calibrate, load_weights, obtain_teacher
 
 log = logging.getLogger(__name__)
@@ -72,12 +71,11 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     if method.quantize and not method.train:  # PTQ: keep the calibrated student (export, eval_xglue)
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
 
-    results = write_results(
-        run_dir, spec, module.results, module.layer_error_history,
-        meta={**tags, "teacher_ckpt": str(teacher_path) if teacher_path else None,
-              "quant_report": report.to_dict() if report is not None else None,
-              "config": plain_config(cfg)},
-    )
+    meta = {**tags, "teacher_ckpt": str(teacher_path) if teacher_path else None,
+            "quant_report": report.to_dict() if report is not None else None, "config": plain_config(cfg)}
+    if not trainer.is_global_zero:  # DDP: every rank ran the job, rank 0 writes and prints
+        return build_results(spec, module.results, module.layer_error_history, meta)
+    results = write_results(run_dir, spec, module.results, module.layer_error_history, meta=meta)
     _log_to_wandb(trainer, results)
     print_table(results, spec)
     return results

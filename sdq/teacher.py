@@ -42,7 +42,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise SdqError(f"teacher checkpoint not found: {path}; pass teacher.ckpt=<fine-tuned FP checkpoint>")
     try:
         state = load_file(str(path)) if path.suffix == ".safetensors" else _state_from_lightning(path)
-    except Exception as exc:  # truncated / not a checkpoint
+    except Exception as exc:  # noqa: BLE001 - truncated / not a checkpoint
         raise SdqError(f"cannot read teacher checkpoint {path}: {type(exc).__name__}: {exc}") from None
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -95,10 +95,13 @@ def finetune_teacher(cfg: DictConfig, backbone: str, dm, stage_dir: Path, cached
     model = build_model(backbone, dm.spec.kind, dm.num_labels)
     module = make_module(cfg, model, None, DistillLoss(ce=1.0), dm, float(cfg.task.lr), {"stage": "teacher"})
     tags = {"model": cfg.model.name, "task": dm.spec.name, "method": "fp", "stage": "teacher"}
-    fit_and_test(cfg, module, dm, stage_dir, int(cfg.task.epochs), True, tags)
+    trainer = fit_and_test(cfg, module, dm, stage_dir, int(cfg.task.epochs), True, tags)
+    out = stage_dir / "teacher.safetensors"
+    if not trainer.is_global_zero:  # DDP: rank 0 writes the teacher files, the other ranks wait for them
+        trainer.strategy.barrier("sdq.teacher")
+        return out
     results = write_results(stage_dir, dm.spec, module.results, [], meta=tags)
     print_table(results, dm.spec)
-    out = stage_dir / "teacher.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
     for ckpt in (stage_dir / "checkpoints").glob("*.ckpt"):  # weights are in teacher.safetensors
         ckpt.unlink()
@@ -111,6 +114,7 @@ def finetune_teacher(cfg: DictConfig, backbone: str, dm, stage_dir: Path, cached
             os.replace(tmp, cached.parent)  # atomic: a half-written teacher is never reused
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    trainer.strategy.barrier("sdq.teacher")
     return out
 
 

@@ -1,11 +1,13 @@
-"""``python -m sdq.export ckpt=<student ckpt> out=<dir> [onnx=auto|true|false] [check=true] [batches=8]
+"""``python -m sdq.export ckpt=<student ckpt> out=<dir> [onnx=auto|true|false] [check=true|test|false] [batches=8]
 [tol=0.1] [backend=onnx|torch]``
 
 Packs the checkpoint's fake-quantized student (``sdq.lit.restore.load_student``), prints the size table
 per module kind and the whole-model ratio, then evaluates the exported model (the int8 ONNX model when
 written, else the dequantized torch model) and the student on the same dev batches of the run's task
 (``batches`` of them): max logit difference and accuracy difference; exit status 2 (one ``error:`` line)
-when the accuracy differs by more than ``tol`` points.
+when the accuracy differs by more than ``tol`` points. ``check=test``: the same on the task's whole TEST
+split of every language, per-language table (see :mod:`sdq.export.accuracy`), error when any language
+differs by more than ``tol`` points (``batches`` is then ignored).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def parse_args(argv: list[str]) -> dict:
     for key in ("ckpt", "out"):
         if not args[key]:
             raise SdqConfigError(f"{key}= is required; {USAGE}")
+    if args["check"] not in ("true", "false", "test"):
+        raise SdqConfigError(f"check={args['check']} must be true (dev batches), test (every language) or false")
     if args["onnx"] not in ("auto", "true", "false"):
         raise SdqConfigError(f"onnx={args['onnx']} must be auto, true or false")
     try:
@@ -61,6 +65,34 @@ def dev_batches(ckpt: str, n: int) -> list[dict]:
             for b in itertools.islice(loader, n)]
 
 
+def check_test_split(student, report, args: dict) -> dict:
+    """Student vs export on every language's test split; writes the report, then SdqError beyond ``tol``."""
+    from sdq.data.tasks import get_task
+    from sdq.errors import SdqError
+    from sdq.export import load_quantized
+    from sdq.export.accuracy import evaluate_languages, format_table, task_batches, verdict
+    from sdq.lit.restore import checkpoint_config
+
+    spec = get_task(checkpoint_config(args["ckpt"]).task.name)
+    backend = args["backend"] or ("onnx" if report.onnx else "torch")
+    models = {"student": student, f"exported_{backend}": load_quantized(args["out"], backend=backend)}
+    res = evaluate_languages(models, task_batches(args["ckpt"], "test"), head=spec.kind, metric=spec.metric,
+                             label_names=tuple(spec.labels), reference="student")
+    print(format_table(res, reference="student", metric=spec.metric))
+    v = verdict(res, ours=f"exported_{backend}", reference="student", tol=args["tol"])
+    agreement = {"backend": backend, "split": "test", "per_language": res[f"exported_{backend}"],
+                 "student": res["student"], "verdict": v}
+    if not v["ok"]:
+        report.agreement = agreement
+        (Path(args["out"]) / "export_report.json").write_text(json.dumps(report.to_dict(), indent=1))
+        raise SdqError(f"exported model differs from the student by more than {args['tol']} pt on "
+                       f"{', '.join(v['over_tol'])} (worst {v['worst_lang']} {v['worst_diff']:+.2f} pt); see "
+                       f"{Path(args['out']) / 'export_report.json'}")
+    print(f"exported model within {args['tol']} pt of the student on every language "
+          f"(worst {v['worst_lang']} {v['worst_diff']:+.2f} pt)")
+    return agreement
+
+
 @guarded
 def main(argv: list[str] | None = None) -> dict:
     from sdq.export import check_agreement, export_quantized, load_quantized
@@ -71,7 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
     onnx = {"auto": "auto", "true": True, "false": False}[args["onnx"]]
     report = export_quantized(student, args["out"], onnx=onnx)
     print(report, flush=True)
-    if args["check"] == "true" and args["batches"] > 0:
+    if args["check"] == "test":
+        report.agreement = check_test_split(student, report, args)
+    elif args["check"] == "true" and args["batches"] > 0:
         backend = args["backend"] or ("onnx" if report.onnx else "torch")
         exported = load_quantized(args["out"], backend=backend)
         res = check_agreement(student, exported, dev_batches(args["ckpt"], args["batches"]), tol=args["tol"])

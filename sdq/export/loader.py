@@ -55,11 +55,19 @@ def read_export(path: str | Path, verify: bool = True) -> tuple[dict, dict[str, 
     from safetensors.numpy import load_file
 
     d = verify_dir(path) if verify else Path(path)
-    meta = json.loads((d / META_FILE).read_text())
-    if meta.get("format") != FORMAT or int(meta.get("version", 0)) > 1:
-        raise SdqError(f"{d / META_FILE} has format {meta.get('format')} v{meta.get('version')}; "
-                       "this sdq reads sdq-packed v1, upgrade sdq")
-    return meta, load_file(str(d / WEIGHTS_FILE))
+    fix = "re-export it with `python -m sdq.export ckpt=... out=...`"
+    try:
+        meta = json.loads((d / META_FILE).read_text())
+        fmt, version = meta.get("format"), int(meta.get("version", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        raise SdqError(f"{d / META_FILE} is missing or not valid sdq export JSON; {fix}") from None
+    if fmt != FORMAT or version > 1:
+        raise SdqError(f"{d / META_FILE} has format {fmt} v{version}; this sdq reads sdq-packed v1, upgrade sdq")
+    try:
+        arrays = load_file(str(d / WEIGHTS_FILE))
+    except Exception as exc:  # noqa: BLE001 - safetensors' SafetensorError has no importable base
+        raise SdqError(f"{d / WEIGHTS_FILE} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); {fix}") from None
+    return meta, arrays
 
 
 def plain_state(meta: dict, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -80,8 +88,7 @@ def build_plain(path: str | Path, meta: dict) -> nn.Module:
     if cls is None:
         raise SdqError(f"model class {meta['architecture']} (from {path}) is not in this transformers "
                        f"{transformers.__version__}; install the version the export was made with")
-    config = transformers.AutoConfig.from_pretrained(str(path))
-    return cls(config)
+    return cls(build_config(path))
 
 
 def load_quantized(path: str | Path, backend: str = "torch") -> nn.Module:
@@ -99,12 +106,18 @@ def load_quantized(path: str | Path, backend: str = "torch") -> nn.Module:
     model = build_plain(d, meta)
     try:
         model.load_state_dict(plain_state(meta, arrays), strict=True)
-    except RuntimeError as exc:
-        raise SdqError(f"export {d} does not match its config.json ({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise SdqError(f"export {d} does not match its config.json ({str(exc).splitlines()[0]}); "
+                       "re-export it with `python -m sdq.export ckpt=... out=...`") from None
     return model.eval()
 
 
 def build_config(path: str | Path):
+    """The saved HF config of an export dir; SdqError when it cannot be parsed."""
     import transformers
 
-    return transformers.AutoConfig.from_pretrained(str(path))
+    try:
+        return transformers.AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SdqError(f"{Path(path) / 'config.json'} is unreadable ({type(exc).__name__}); "
+                       "re-export it with `python -m sdq.export ckpt=... out=...`") from None

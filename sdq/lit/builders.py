@@ -16,6 +16,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from sdq.config import plain_config
 from sdq.lit.checkpoint_io import AtomicCheckpointIO
+from sdq.lit.resume import ExactResume
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,19 @@ def build_logger(cfg: DictConfig, save_dir: Path, tags: dict[str, str]):
     return logger
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` optimizer steps (0 = never mid-epoch) and after every
+    validation, whether or not the dev metric improved: what ``ckpt_path=last`` resumes from."""
+
+    def __init__(self, dirpath: Path, every_n_train_steps: int = 0) -> None:
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, enable_version_counter=False,
+                         every_n_train_steps=every_n_train_steps or None, every_n_epochs=0)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not (trainer.sanity_checking or trainer.fast_dev_run):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 def build_trainer(
     cfg: DictConfig,
     stage_dir: Path,
@@ -58,8 +72,13 @@ def build_trainer(
     logger=False,
     enable_checkpointing: bool = True,
 ) -> pl.Trainer:
-    """Trainer from ``conf/trainer`` + best/last checkpoints selected on the average dev metric."""
-    callbacks = []
+    """Trainer from ``conf/trainer`` + best/last checkpoints selected on the average dev metric.
+
+    ``last.ckpt`` (:class:`LastCheckpoint`) is written after every validation and every
+    ``checkpoint.every_n_train_steps`` steps (0 = at validation only) for mid-epoch resume; files are
+    overwritten in place (no ``-v1`` copies).
+    """
+    callbacks: list = [ExactResume()]
     if enable_checkpointing:
         callbacks.append(
             ModelCheckpoint(
@@ -67,11 +86,13 @@ def build_trainer(
                 filename="best",
                 monitor=monitor,
                 mode="max",
-                save_last=True,
                 save_top_k=1,
                 auto_insert_metric_name=False,
+                enable_version_counter=False,
             )
         )
+        every = int((cfg.get("checkpoint") or {}).get("every_n_train_steps") or 0)
+        callbacks.append(LastCheckpoint(stage_dir / "checkpoints", every))  # after "best": sees its update
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     tcfg.update(
         max_epochs=max_epochs,
@@ -80,5 +101,6 @@ def build_trainer(
         callbacks=callbacks,
         enable_checkpointing=enable_checkpointing,
         plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # sdq.lit.data loaders shard for DDP themselves (resumable, unpadded eval)
     )
     return hydra.utils.instantiate(tcfg, _convert_="object")

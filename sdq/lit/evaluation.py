@@ -108,3 +108,35 @@ def aggregate(per_lang: dict[str, dict[str, float]]) -> dict[str, float]:
         return {}
     keys = set.intersection(*(set(v) for v in per_lang.values())) - {"n"}
     return {k: sum(v[k] for v in per_lang.values()) / len(per_lang) for k in sorted(keys)}
+
+
+def merge_accumulators(parts: list[LanguageAccumulator | None], head: str) -> LanguageAccumulator | None:
+    """One accumulator holding the batches of ``parts`` (in order); None when all are None."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    out = LanguageAccumulator(head)
+    for p in parts:
+        out.preds += p.preds
+        out.labels += p.labels
+        out.groups += p.groups
+        out.teacher_preds += p.teacher_preds
+        out.row_lengths += p.row_lengths
+        out.agree += p.agree
+        out.kl_sum += p.kl_sum
+        out.count += p.count
+    return out
+
+
+def gather_accumulators(
+    accs: dict[str, LanguageAccumulator | None], head: str
+) -> dict[str, LanguageAccumulator | None]:
+    """DDP: every rank gets the accumulators of all ranks merged (rank order), so metrics are computed
+    on the whole split exactly as in one process. A no-op without an initialized process group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return accs
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, accs)  # CPU tensors inside: pickled
+    return {lang: merge_accumulators([g.get(lang) for g in gathered], head) for lang in accs}

@@ -13,6 +13,7 @@ fidelity (``agree``: same prediction share in percent, ``kl``: mean KL(teacher â
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from torch import nn
 
 from sdq.distill import DistillLoss, capture
 from sdq.errors import SdqError
-from sdq.lit.evaluation import LanguageAccumulator, aggregate
+from sdq.lit.evaluation import LanguageAccumulator, aggregate, gather_accumulators
 from sdq.lit.optim import build_optimizer
 from sdq.lit.teacher_cache import TeacherLogitsCache
 
@@ -37,6 +38,16 @@ class TaskInfo:
     head: str  # seq_cls | token_cls | rank
     metric: str  # acc | f1 | ndcg
     label_names: tuple[str, ...]
+
+
+def weights_digest(model: nn.Module) -> str:
+    """Cheap identity of a model's weights (per-tensor float64 sum and sum of squares, hashed)."""
+    h = hashlib.sha1()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            t = t.detach().double()
+            h.update(f"{name}{tuple(t.shape)}{t.sum().item()!r}{t.square().sum().item()!r}".encode())
+    return h.hexdigest()[:16]
 
 
 class SDQModule(pl.LightningModule):
@@ -81,6 +92,7 @@ class SDQModule(pl.LightningModule):
         self.layer_error_history: list[dict] = []
         self._acc: dict[str, LanguageAccumulator] = {}
         self._teacher_cache = TeacherLogitsCache.beside(teacher_ckpt)
+        self.teacher_digest = weights_digest(teacher) if teacher is not None else None  # fp32, before any cast
 
     # ------------------------------------------------------------------ setup
     def train(self, mode: bool = True) -> SDQModule:
@@ -128,17 +140,28 @@ class SDQModule(pl.LightningModule):
             s_cap.logits = self.student(**inputs).logits
         t_cap = self._teacher_forward(inputs, **flags) if self.needs_teacher else None
         total, parts = self.loss(s_cap, t_cap, batch["labels"], batch["attention_mask"])
-        if not torch.isfinite(total):
+        if not self._all_finite(total):
             raise SdqError(
                 f"loss is {total.item()} at global step {self.global_step} (parts: "
-                f"{ {k: round(float(v), 4) for k, v in parts.items()} }); the last good checkpoint is kept "
-                "in the run's checkpoints/ dir: lower the learning rate (method.lr=...) or raise the bits"
+                f"{ {k: round(float(v), 4) for k, v in parts.items()} }); {self._last_checkpoint_note()}: "
+                "lower the learning rate (method.lr=...) or raise the bits"
             )
         bs = batch["input_ids"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         for name, value in parts.items():
             self.log(f"train/{name}", value, batch_size=bs)
         return total
+
+    def _last_checkpoint_note(self) -> str:
+        paths = [cb.last_model_path for cb in self.trainer.checkpoint_callbacks if getattr(cb, "last_model_path", "")]
+        return f"the last checkpoint before it is kept ({paths[-1]})" if paths else "no checkpoint was written yet"
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Finite on every rank (DDP: all ranks stop together, none waits in an all-reduce)."""
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        return not bool(bad)
 
     # ------------------------------------------------------------- evaluation
     def _languages(self, stage: str) -> list[str]:
@@ -168,9 +191,12 @@ class SDQModule(pl.LightningModule):
         self._eval_step("test", batch, batch_idx, dataloader_idx)
 
     def _eval_epoch_end(self, stage: str) -> None:
+        accs = {lang: self._acc.pop(f"{stage}/{lang}", None) for lang in self._languages(stage)}
+        if self.trainer.world_size > 1:  # DDP: each rank saw a shard of every language
+            accs = gather_accumulators(accs, self.task.head)
         per_lang = {}
         for lang in self._languages(stage):
-            acc = self._acc.pop(f"{stage}/{lang}", None)
+            acc = accs.get(lang)
             if acc is not None:
                 per_lang[lang] = acc.summary(self.task.metric, self.task.label_names)
         if self.trainer.is_global_zero:
@@ -207,7 +233,7 @@ class SDQModule(pl.LightningModule):
         for kind, values in errors.items():
             for layer, value in enumerate(values):
                 if math.isfinite(value):
-                    self.log(f"diag/{kind}/layer{layer:02d}", float(value), add_dataloader_idx=False)
+                    self.log(f"diag/{kind}/layer{layer:02d}", float(value), add_dataloader_idx=False, sync_dist=True)
 
     # ------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -216,21 +242,51 @@ class SDQModule(pl.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("teacher.")]:
             del state[key]
+        bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad is not None:  # never replace the last good checkpoint with a broken one
+            raise SdqError(
+                f"non-finite values in {bad} at global step {self.global_step}: checkpoint not written, the "
+                "last good one is kept in the run's checkpoints/ dir; lower the learning rate (method.lr=...)"
+            )
         checkpoint["sdq"] = {
             "teacher_ckpt": self.teacher_ckpt,
+            "teacher_digest": self.teacher_digest,
             "fingerprint": self.fingerprint,
             "config": self.run_config,
             "layer_errors": self.layer_error_history,
         }
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.teacher is not None:  # re-insert the (unchanged, frozen) teacher for strict loading
-            checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
-        saved = checkpoint.get("sdq", {}).get("fingerprint")
+    def check_checkpoint(self, checkpoint: dict, where: str = "checkpoint") -> None:
+        """Raise one clear SdqError when ``checkpoint`` was written for another run config or model."""
+        saved = (checkpoint.get("sdq") or {}).get("fingerprint")
         if saved is not None and self.fingerprint and saved != self.fingerprint:
             diff = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
             raise SdqError(
-                f"checkpoint was written for a different run config (differs in: {', '.join(diff)}); "
+                f"{where} was written for a different run config (differs in: {', '.join(diff)}); "
                 "resume with the same model/task/method/quant settings or start a new run directory"
             )
+        digest = (checkpoint.get("sdq") or {}).get("teacher_digest")
+        if digest and self.teacher_digest and digest != self.teacher_digest:
+            saved_path = (checkpoint.get("sdq") or {}).get("teacher_ckpt")
+            raise SdqError(
+                f"{where} was trained against another FP teacher ({saved_path}) than this run's "
+                f"({self.teacher_ckpt}); resume with teacher.ckpt=<that teacher> or start a new run directory"
+            )
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+        state = {k: v for k, v in checkpoint.get("state_dict", {}).items() if not k.startswith("teacher.")}
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        shape = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+        if missing or unexpected or shape:
+            example = (shape or missing or unexpected)[0]
+            raise SdqError(
+                f"{where} does not fit this model ({len(missing)} missing, {len(unexpected)} unexpected, "
+                f"{len(shape)} mis-shaped keys, e.g. {example!r}): it comes from another model/task/quant config; "
+                "pass the matching settings or start a new run directory"
+            )
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.check_checkpoint(checkpoint)
+        if self.teacher is not None:  # re-insert the (unchanged, frozen) teacher for strict loading
+            checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
         self.layer_error_history = checkpoint.get("sdq", {}).get("layer_errors", [])

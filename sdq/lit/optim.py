@@ -14,7 +14,7 @@ NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, warmup_ratio: float, total_steps: int | float
+    model: nn.Module, lr: float, weight_decay: float, warmup_ratio: float, total_steps: float
 ) -> dict:
     """AdamW over trainable params (no decay on biases/LayerNorm/quantizer steps) + linear schedule."""
     decay, no_decay = [], []

@@ -26,7 +26,7 @@ def read_checkpoint(path: str | Path) -> dict:
         raise SdqError(f"checkpoint not found: {path}; pass ckpt=<run dir>/checkpoints/best.ckpt")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types on corrupt files
         raise SdqError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); is it truncated?") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise SdqError(f"{path} is not a Lightning checkpoint written by sdq (no state_dict)")

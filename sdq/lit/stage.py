@@ -14,23 +14,24 @@ import torch
 from omegaconf import DictConfig
 
 from sdq.config import plain_config
-
-from sdq.data.datamodule import XGLUEDataModule
 from sdq.lit.builders import build_logger, build_trainer
+from sdq.lit.data import ResumableDataModule
 from sdq.lit.module import SDQModule, TaskInfo
+from sdq.lit.restore import read_checkpoint
+from sdq.lit.resume import resolve_ckpt_path
 
 log = logging.getLogger(__name__)
 
 
-def build_datamodule(cfg: DictConfig, tokenizer) -> XGLUEDataModule:
-    """The task's datamodule (English train, every language dev/test), set up."""
+def build_datamodule(cfg: DictConfig, tokenizer) -> ResumableDataModule:
+    """The task's datamodule (English train, every language dev/test), set up; resumable, DDP-sharded."""
     d = cfg.data
     root = d.root
     if root is None and cfg.task.name == "demo":
         from sdq.data.demo import ensure_demo
 
         root = str(ensure_demo())
-    dm = XGLUEDataModule(
+    dm = ResumableDataModule(
         task=cfg.task.name, root=root, tokenizer=tokenizer, max_length=d.max_length,
         batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
         languages=list(d.languages) if d.languages is not None else None,
@@ -65,7 +66,14 @@ def monitor_key(spec) -> str:
 
 
 def fit_and_test(cfg, module, dm, stage_dir: Path, epochs: int, train: bool, tags: dict, ckpt_path=None):
-    """Fit (best on average dev metric), reload best, test every language. Returns the trainer."""
+    """Fit (best on average dev metric), reload best, test every language. Returns the trainer.
+
+    ``ckpt_path``: ``last`` / a file to resume from (see :func:`sdq.lit.resume.resolve_ckpt_path`);
+    with ``None``, ``ckpt_path=last`` or ``resume=true`` in ``cfg`` still resumes this stage.
+    """
+    ckpt_path = resolve_ckpt_path(cfg, stage_dir, ckpt_path) if train else None
+    if ckpt_path:  # unreadable, or from another model/quant config: one clear error before any output
+        module.check_checkpoint(read_checkpoint(ckpt_path), f"checkpoint {ckpt_path}")
     logger = build_logger(cfg, stage_dir, tags)
     trainer = build_trainer(cfg, stage_dir, epochs, monitor_key(dm.spec), logger=logger, enable_checkpointing=train)
     if train:

@@ -41,7 +41,7 @@ class TeacherLogitsCache:
                 saved = torch.load(path, map_location="cpu", weights_only=True)
                 if saved.get("identity") == identity:
                     self._data = dict(saved["logits"])
-            except Exception as exc:  # an unreadable cache is only a cache: recompute
+            except Exception as exc:  # noqa: BLE001 - an unreadable cache is only a cache: recompute
                 log.warning("ignoring unreadable teacher logits cache %s (%s)", path, exc)
 
     @classmethod

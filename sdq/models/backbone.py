@@ -12,7 +12,6 @@ Names a user types (``model.name_or_path``): ``me5_small`` (embedded multilingua
 from __future__ import annotations
 
 import functools
-
 import os
 from pathlib import Path
 from typing import Literal
