@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sdq.errors import SdqConfigError
 
-METHODS = ("fp", "fp_continued", "ptq", "qat", "qat_kd", "sdq", "sdq_noise")
+METHODS = ("fp", "fp_continued", "ptq", "ptq_datafree", "qat", "qat_kd", "sdq", "sdq_noise")
 DEFAULT_WEIGHT = {"bits": 8, "scheme": "uniform", "symmetric": True, "granularity": "channel", "observer": "minmax"}
 DEFAULT_EMBEDDING = {"bits": 8, "scheme": "uniform", "symmetric": True, "granularity": "row", "observer": "minmax"}
 DEFAULT_ACT = {"bits": 8, "scheme": "uniform", "symmetric": False, "granularity": "channel", "observer": "minmax"}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from sdq.config import fingerprint, plain_config, quant_dict, resolve_config
 from sdq.data.tasks import get_task
@@ -57,9 +57,24 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
 
     report = None
     if method.quantize:
-        from sdq.quant import QuantConfig, prepare
+        from sdq.quant import QuantConfig, prepare, quant_report
 
-        report = prepare(student, QuantConfig.from_dict(quant_dict(cfg)))
+        qcfg = QuantConfig.from_dict(quant_dict(cfg))
+        if method.get("datafree") is not None:  # no task data: sensitivity-chosen FP modules, data-free ranges
+            from sdq.quant.datafree import prepare_datafree
+
+            report = prepare_datafree(student, qcfg, tokenizer, dict(method.datafree), run_dir)
+            with open_dict(cfg):
+                cfg.quant.skip = list(qcfg.skip)  # checkpoints / fingerprint record the modules kept FP
+        else:
+            report = prepare(student, qcfg)
+        if qcfg.token_bits is not None:  # per-token embedding bits by frequency
+            from sdq.quant.token_bits import assign_token_bits, frequencies_for_run
+
+            freq = frequencies_for_run(qcfg.token_bits, tokenizer, dm)
+            extra = {**report.extra, "token_bits": assign_token_bits(student, qcfg.token_bits, freq)}
+            report = quant_report(student)  # bits changed: recount
+            report.extra = extra
         log.info("quantization report:\n%s", report)
         if method.calibrate_batches:
             calibrate(student, dm.train_dataloader(), int(method.calibrate_batches), learn=bool(method.train))

@@ -91,6 +91,13 @@ def test_load_results_errors(tmp_path):
 def test_bits_labels():
     assert bits_label({"method": "sdq", "bits": 4}) == "b4"
     assert bits_label({"method": "ptq", "bits": "w4a8"}) == "w4a8"
+    u4, u8 = {"bits": 4, "scheme": "uniform"}, {"bits": 8}
+    assert bits_label({"method": "sdq", "bits": 4, "config": {"quant": {"weight": u4, "act": u8, "embedding": u4}}}) \
+        == "w4a8"  # from the resolved quant config, not the bits= shortcut
+    assert bits_label({"method": "ptq", "config": {"quant": {"weight": {"bits": 4, "scheme": "kmeans"},
+                                                             "act": None, "embedding": u8}}}) == "w4-e8-kmeans"
+    assert bits_label({"method": "ptq", "config": {"quant": {"weight": u8, "act": u8, "embedding": u8,
+                                                             "attention": u8}}}) == "w8a8-attn"
     assert bits_label({"method": "fp", "bits": "fp32"}) == "fp32"
     assert bits_label({"method": "fp_continued", "bits": 8}) == "fp32"
     assert bits_label({"method": "qat", "quant": "kmeans4"}) == "kmeans4"

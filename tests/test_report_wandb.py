@@ -84,3 +84,23 @@ def test_offline_run_dir_holds_the_language_table(tmp_path, monkeypatch):
     table = json.loads(files[0].read_text())
     assert [row[2] for row in table["data"]] == ["en", "de", "sw", "en", "de", "sw"]  # test then dev
     assert table["data"][2][4:7] == [75.8, 77.0, -1.2]
+
+
+def test_offline_compare_run_holds_numeric_per_language_table(tmp_path, monkeypatch):
+    from sdq.report.compare import build_comparison
+    from sdq.report.wandb_log import log_comparison
+
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    runs = [(tmp_path / "fp", fake_results("xnli", method="fp", languages=LANGS)),
+            (tmp_path / "sdq", fake_results("xnli", bits=4, drop=1.0, languages=LANGS))]
+    log_comparison(build_comparison(runs), tmp_path / "cmp", mode="offline")
+    (run,) = list((tmp_path / "cmp" / "wandb").glob("offline-run-*"))
+    (path,) = list(run.glob("files/media/table/compare/xnli_per_language_*.table.json"))
+    table = json.loads(path.read_text())
+    assert table["columns"] == ["model", "method", "bits", "language", "acc", "delta_vs_fp", "agree"]
+    rows = {(r[1], r[3]): r for r in table["data"]}
+    assert len(table["data"]) == 2 * (len(LANGS) + 1)  # 2 runs x (languages + avg)
+    assert rows[("sdq", "sw")][4:6] == [pytest.approx(75.8), pytest.approx(-1.2)]  # 77.0 - 1.0 * 1.2
+    assert rows[("fp", "en")][4:6] == [80.0, 0.0]

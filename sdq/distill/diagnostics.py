@@ -136,22 +136,14 @@ def layer_errors(student: nn.Module, teacher: nn.Module, batch: Mapping[str, Ten
     }
 
 
-def plot_layer_errors(errors_by_method: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path,
-                      kinds: Sequence[str] = KEYS, log: bool = True,
-                      title: str = "Quantization error per layer (relative to FP teacher)") -> Path:
-    """PNG with x = layer, y = relative error, one line per (method, kind); colour = method, style = kind.
-
-    >>> plot_layer_errors({"W8A8": layer_errors(s8, t, b), "W4A8": layer_errors(s4, t, b)}, "err.png")
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
+def draw_layer_errors(ax, errors_by_method: Mapping[str, Mapping[str, Sequence[float]]],
+                      kinds: Sequence[str] = KEYS, log: bool = True, colours: Sequence[str] | None = None) -> None:
+    """Draw on a matplotlib ``ax``: x = layer, y = relative error; colour = method, style = kind."""
     import matplotlib.pyplot as plt
 
     styles = {"layer_carried": "-", "layer_local": "--", "attn_carried": "-.", "attn_local": ":"}
     markers = {"layer_carried": "o", "layer_local": "s", "attn_carried": "^", "attn_local": "v"}
-    fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = colours or plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (method, errs) in enumerate(errors_by_method.items()):
         for kind in kinds:
             if kind not in errs:
@@ -165,9 +157,25 @@ def plot_layer_errors(errors_by_method: Mapping[str, Mapping[str, Sequence[float
         ax.set_yscale("log")
     ax.set_xlabel("layer")
     ax.set_ylabel("relative error ‖h_Q − h_FP‖ / ‖h_FP‖")
-    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.xaxis.get_major_locator().set_params(integer=True)
+
+
+def plot_layer_errors(errors_by_method: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path,
+                      kinds: Sequence[str] = KEYS, log: bool = True,
+                      title: str = "Quantization error per layer (relative to FP teacher)") -> Path:
+    """PNG with x = layer, y = relative error, one line per (method, kind); colour = method, style = kind.
+
+    >>> plot_layer_errors({"W8A8": layer_errors(s8, t, b), "W4A8": layer_errors(s4, t, b)}, "err.png")
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
+    draw_layer_errors(ax, errors_by_method, kinds, log)
+    ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     path = Path(path)

@@ -140,6 +140,7 @@ class QuantConfig:
     overrides: dict[str, dict] = field(default_factory=dict)
     quant_noise_p: float = 0.0
     quant_noise_block: int = 8
+    token_bits: Any = None  # sdq.quant.token_bits.TokenBitsConfig: per-token embedding bits by frequency
 
     @classmethod
     def from_dict(cls, d: dict | None) -> QuantConfig:
@@ -157,6 +158,10 @@ class QuantConfig:
         elif isinstance(d["skip"], str):
             d["skip"] = [d["skip"]]
         d["overrides"] = dict(d.get("overrides") or {})
+        if d.get("token_bits") is not None:
+            from sdq.quant.token_bits import TokenBitsConfig
+
+            d["token_bits"] = TokenBitsConfig.from_dict(d["token_bits"])
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -196,6 +201,10 @@ class QuantConfig:
             raise SdqConfigError(f"quant.quant_noise_p={p!r} must be a number in [0, 1] (0 = off)")
         if not _is_int(self.quant_noise_block) or self.quant_noise_block < 1:
             raise SdqConfigError(f"quant.quant_noise_block={self.quant_noise_block!r} must be a positive integer")
+        if self.token_bits is not None:
+            from sdq.quant.token_bits import TokenBitsConfig
+
+            self.token_bits = TokenBitsConfig.from_dict(self.token_bits).validate(self.embedding)
         return self
 
     def override_for(self, pattern: str, base: QuantizerConfig | None) -> QuantizerConfig:

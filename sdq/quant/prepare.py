@@ -66,6 +66,10 @@ def prepare(model: nn.Module, cfg: QuantConfig) -> QuantReport:
         _set_submodule(model, name, new)
     if cfg.attention is not None:
         attach_attention_quantizers(model, cfg.attention, cfg.skip)
+    if cfg.token_bits is not None:  # per-row bit buffers; bits by frequency: token_bits.assign_token_bits
+        from sdq.quant.token_bits import attach_token_bits
+
+        attach_token_bits(model, cfg.token_bits)
     return quant_report(model)
 
 

@@ -24,10 +24,22 @@ class QuantReport:
     params_total: int = 0
     params_quantized: int = 0
     overhead_bits: float = 0.0
+    act_features_total: int = 0  # sum of in_features over every nn.Linear (activation share, per token)
+    act_features_quantized: int = 0  # ... of those with an input (activation) quantizer
+    extra: dict = field(default_factory=dict)  # method notes (e.g. data-free PTQ: modules kept FP)
 
     @property
     def share_quantized(self) -> float:
         return self.params_quantized / max(self.params_total, 1)
+
+    @property
+    def act_share(self) -> float:
+        return self.act_features_quantized / max(self.act_features_total, 1)
+
+    @property
+    def bits_per_param(self) -> float:
+        """Average bits per parameter over the whole model, scales/codebooks/alphas included."""
+        return (self.weight_bits + self.overhead_bits) / max(self.params_total, 1)
 
     @property
     def weight_bits(self) -> float:
@@ -52,6 +64,7 @@ class QuantReport:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d.update(share_quantized=self.share_quantized, effective_bits=self.effective_bits,
+                 act_share=self.act_share, bits_per_param=self.bits_per_param,
                  size_bytes=self.size_bytes, fp32_size_bytes=self.fp32_size_bytes,
                  compression=self.fp32_size_bytes / max(self.size_bytes, 1))
         return d
@@ -67,7 +80,9 @@ class QuantReport:
                   f"{self.n_attention} attention, {self.n_act_quantizers} activation quantizers")
         share = (f"weights quantized: {self.params_quantized:,} / {self.params_total:,} params "
                  f"({100 * self.share_quantized:.1f}%)")
-        size = (f"effective bits/param: {self.effective_bits:.2f}; size {self.size_bytes / 2**20:.3f} MiB "
+        share += f"; activations quantized: {100 * self.act_share:.1f}% of linear input features"
+        size = (f"effective bits/param: {self.effective_bits:.2f} ({self.bits_per_param:.2f} with scales); "
+                f"size {self.size_bytes / 2**20:.3f} MiB "
                 f"(fp32 {self.fp32_size_bytes / 2**20:.3f} MiB, x{ratio:.1f})")
         lines += ["-" * len(head), counts, share, size]
         return "\n".join(lines)
@@ -92,7 +107,10 @@ def quant_report(model: nn.Module) -> QuantReport:
                                 "granularity": gran, "params": mod.weight.numel()})
             rep.params_quantized += mod.weight.numel()
             rep.overhead_bits += overhead
-        elif isinstance(mod, AttentionQuantizer):
+        if isinstance(mod, nn.Linear):
+            rep.act_features_total += mod.in_features
+            rep.act_features_quantized += mod.in_features * (getattr(mod, "act_quantizer", None) is not None)
+        if isinstance(mod, AttentionQuantizer):
             rep.n_attention += 1
         elif isinstance(mod, UniformQuantizer) and mod.kind == "act":
             rep.n_act_quantizers += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +95,13 @@ class ComparisonTable:
             out.append(cells)
         return out
 
+    def long_rows(self) -> tuple[list[str], list[list]]:
+        """Numeric long format for dashboards: one row per run × language (and ``avg``); NaN = absent."""
+        cols = ["model", "method", "bits", "language", self.metric, "delta_vs_fp", "agree"]
+        data = [[r.model, r.method, r.bits, lang, r.values.get(lang, NAN), r.delta(lang), r.agree.get(lang, NAN)]
+                for r in self.rows for lang in [*self.languages, "avg"]]
+        return cols, data
+
     def markdown(self) -> str:
         """Markdown table; a caption says what the numbers in parentheses are."""
         head = self.header()
@@ -156,9 +164,10 @@ def _mean_dicts(dicts: list[dict]) -> dict[str, float]:
 
 
 def _sort_key(row: CompareRow) -> tuple:
+    """FP first, then by bit width (high to low), then method order: the paper's table layout."""
     m = METHOD_ORDER.index(row.method) if row.method in METHOD_ORDER else len(METHOD_ORDER)
-    b = row.bits[1:] if row.bits.startswith("b") and row.bits[1:].isdigit() else None
-    return (row.model, m, row.method, -int(b) if b else 0, row.bits)
+    digits = re.match(r"[bw](\d+)", row.bits)
+    return (row.model, row.bits != "fp32", -int(digits.group(1)) if digits else 0, row.bits, m, row.method)
 
 
 def build_comparison(runs: list[tuple[Path, dict]], split: str = "test") -> dict[str, ComparisonTable]:

@@ -64,11 +64,35 @@ def task_names(results: dict) -> list[str]:
     ]
 
 
+def quant_label(quant: dict | None) -> str | None:
+    """``w4a8`` / ``w4`` / ``w4-kmeans`` / ``w2a8-e4`` from a resolved quant config dict; None when absent.
+
+    >>> quant_label({"weight": {"bits": 4}, "act": {"bits": 8}, "embedding": {"bits": 4}})
+    'w4a8'
+    """
+    if not isinstance(quant, dict) or not isinstance(quant.get("weight"), dict):
+        return None
+    w, a, e = quant["weight"], quant.get("act"), quant.get("embedding")
+    label = f"w{w.get('bits')}" + (f"a{a.get('bits')}" if isinstance(a, dict) else "")
+    if isinstance(e, dict) and e.get("bits") != w.get("bits"):
+        label += f"-e{e.get('bits')}"
+    if w.get("scheme", "uniform") not in ("uniform", "lsq"):
+        label += f"-{w['scheme']}"
+    if quant.get("attention"):
+        label += "-attn"
+    return label
+
+
 def bits_label(results: dict) -> str:
-    """``b4`` for the bits=4 shortcut, the quant preset name otherwise, ``fp32`` for FP runs."""
-    method_cfg = (results.get("config") or {}).get("method") or {}
+    """``w4a8``-style label from the run's resolved quant config (``b4`` for the bits=4 shortcut when the
+    config is absent), ``fp32`` for FP runs."""
+    config = results.get("config") or {}
+    method_cfg = config.get("method") or {}
     if results.get("method") in ("fp", "fp_continued") or method_cfg.get("quantize") is False:
         return "fp32"  # bits= does not apply to an unquantized model
+    derived = quant_label(config.get("quant"))
+    if derived:
+        return derived
     bits = results.get("bits")
     if isinstance(bits, bool) or bits is None:
         return str(results.get("quant") or "?")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -21,7 +22,9 @@ from sdq.errors import SdqConfigError
 from sdq.report.compare import build_comparison
 from sdq.report.gate import EXIT_GATE_FAILED, check_gate, check_limits
 from sdq.report.io import (
+    METHOD_ORDER,
     Reference,
+    bits_label,
     find_results,
     load_results,
     mean,
@@ -225,18 +228,45 @@ def run_compare(cfg: DictConfig, out_dir: Path, console: Console) -> int:
 
 
 def plot_compare_layer_errors(runs: list[tuple[Path, dict]], task: str, path: Path) -> Path | None:
-    """Accumulated (carried) and local error per layer of the selected model of each quantized run."""
-    from sdq.distill import plot_layer_errors
+    """Accumulated (carried) and local attention error per layer, one panel per bit width, one colour per
+    method (the same colour for a method in every panel)."""
+    import matplotlib
 
-    curves = {}
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sdq.distill.diagnostics import draw_layer_errors
+
+    panels: dict[str, dict[str, dict]] = {}
     for _, r in runs:
-        if task in r and r.get("layer_errors"):
-            label = f"{r.get('method')} {r.get('quant')}" + (f" b{r['bits']}" if r.get("bits") not in (None, "") else "")
-            curves[label] = r["layer_errors"][-1]  # the last validation: the reloaded best model
-    if not curves:
+        if task in r and r.get("layer_errors"):  # the last validation: the reloaded best model
+            panels.setdefault(bits_label(r), {})[str(r.get("method"))] = r["layer_errors"][-1]
+    if not panels:
         return None
-    return plot_layer_errors(dict(sorted(curves.items())), path, kinds=("layer_carried", "attn_local"),
-                             title=f"{task}: quantization error per layer vs the FP teacher (dev batch)")
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    methods = sorted({m for p in panels.values() for m in p}, key=lambda m: (order.get(m, len(order)), m))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labels = sorted(panels, key=lambda b: (-int(re.match(r"[bw](\d+)", b).group(1))
+                                           if re.match(r"[bw](\d+)", b) else 0, b))
+    fig, axes = plt.subplots(1, len(labels), figsize=(5.2 * len(labels) + 2.0, 4.6), dpi=120, squeeze=False,
+                             sharey=True)
+    for ax, label in zip(axes[0], labels):
+        curves = {m: panels[label][m] for m in methods if m in panels[label]}
+        draw_layer_errors(ax, curves, kinds=("layer_carried", "attn_local"),
+                          colours=[palette[methods.index(m) % len(palette)] for m in curves])
+        ax.set_title(label)
+        if ax is not axes[0][0]:
+            ax.set_ylabel("")
+    seen = {n: h for ax in axes[0] for h, n in zip(*ax.get_legend_handles_labels())}
+    names = sorted(seen, key=lambda n: (methods.index(n.split(" · ")[0]), n))  # legend in method order
+    fig.legend([seen[n] for n in names], names, fontsize=8, loc="upper left", bbox_to_anchor=(0.995, 0.93))
+    fig.suptitle(f"{task}: quantization error per layer vs the FP teacher (dev batch; solid = carried through "
+                 "the quantized layers, dotted = attention block alone)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def run_eval(cfg: DictConfig, out_dir: Path, console: Console | None = None) -> int:

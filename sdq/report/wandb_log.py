@@ -189,6 +189,8 @@ def log_comparison(
     payload = {}
     for task, table in tables.items():
         payload[f"compare/{task}"] = wandb.Table(columns=table.header(), data=table.body())
+        cols, data = table.long_rows()  # numeric: group / plot by language, method, bits in the W&B UI
+        payload[f"compare/{task}_per_language"] = wandb.Table(columns=cols, data=data)
         for kind in ("heatmap", "averages"):
             png = out_dir / f"{kind}_{task}.png"
             if png.is_file():
