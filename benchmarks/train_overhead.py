@@ -57,7 +57,7 @@ def step(module, opt, batch) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="me5_small")
     ap.add_argument("--method", default="sdq")
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per variant (after 1 warm-up)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -108,7 +108,9 @@ def main() -> None:
           f"quant={args.quant} ({report.effective_bits:.2f} bits/param) loss={q_loss.weights}")
     for name, v in times.items():
         print(f"  {name:>8}: median {med[name] * 1e3:8.1f} ms/step  (min {min(v) * 1e3:.1f}, max {max(v) * 1e3:.1f})")
-    print(f"{args.method}/fp step ratio: {med[args.method] / med['fp']:.2f}x")
+    ratio = med[args.method] / med["fp"]
+    print(f"{args.method}/fp step ratio: {ratio:.2f}x")
+    return ratio
 
 
 if __name__ == "__main__":

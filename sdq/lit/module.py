@@ -153,13 +153,14 @@ class SDQModule(pl.LightningModule):
         return total
 
     def _last_checkpoint_note(self) -> str:
-        paths = [cb.last_model_path for cb in self.trainer.checkpoint_callbacks if getattr(cb, "last_model_path", "")]
+        callbacks = self.trainer.checkpoint_callbacks if self._trainer is not None else []
+        paths = [cb.last_model_path for cb in callbacks if getattr(cb, "last_model_path", "")]
         return f"the last checkpoint before it is kept ({paths[-1]})" if paths else "no checkpoint was written yet"
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         """Finite on every rank (DDP: all ranks stop together, none waits in an all-reduce)."""
         bad = (~torch.isfinite(loss.detach())).float()
-        if self.trainer.world_size > 1:
+        if self._trainer is not None and self.trainer.world_size > 1:
             bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
         return not bool(bad)
 

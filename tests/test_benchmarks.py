@@ -1,0 +1,24 @@
+"""Benchmark scripts run end to end on the tiny model (their ratios are measured by hand, never asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_overhead_runs_on_tiny(capsys):
+    ratio = load("train_overhead").main(["--model", "tiny", "--steps", "1", "--batch-size", "2", "--seq-len", "8",
+                                         "--threads", "1"])
+    out = capsys.readouterr().out
+    assert math.isfinite(ratio) and ratio > 0
+    assert f"sdq/fp step ratio: {ratio:.2f}x" in out and "fp: median" in out
