@@ -13,6 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+import sdq.config  # noqa: F401 - registers ${sdq_quant_tag:...} used by the default hydra.run.dir
 from sdq.cli import check_group_overrides, guarded
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,19 @@ def test_task_data_defaults_and_overrides() -> None:
     cfg = resolve_config(make_cfg(["model=tiny", "task=demo", "data.limit_train=8", "data.val_languages=[en,de]"]))
     dm = build_datamodule(cfg, tok)
     assert dm.val_languages == ["en", "de"] and dm.sizes()["train/en"] == 8
+
+
+def test_default_run_dir_resolves_from_any_cwd(tmp_path):
+    """``python train.py`` with no hydra.run.dir: the default run dir (it uses sdq's own resolver) is
+    created under the cwd; bits=0 then stops with one error line before any model is loaded."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "train.py"), "bits=0"], check=False, cwd=tmp_path,
+                          capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert next(ln for ln in proc.stderr.splitlines() if ln.startswith("error:")).startswith("error: bits=0")
+    (run_dir,) = list((tmp_path / "outputs" / "demo" / "me5_small").glob("sdq-w8a8-b0/*"))
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
