@@ -28,6 +28,9 @@ MIXED = {"weight": {"bits": 4, "granularity": "channel"}, "embedding": {"bits": 
          "token_bits": {"buckets": [[4, 0.1], [2, 0.2]], "rest_bits": 1}}
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def xlmr():
     torch.manual_seed(0)
     return XLMRobertaForSequenceClassification(XLMRobertaConfig(**SMALL, num_labels=3)).eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import re
 
+import pytest
 import torch
 import torch.nn.functional as TF
 from torch import nn
@@ -24,6 +25,9 @@ SMALL = {"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 2, "num_atte
          "intermediate_size": 64, "max_position_embeddings": 40}
 W8A8 = {"weight": {"bits": 8, "granularity": "channel"},
         "act": {"bits": 8, "symmetric": False, "granularity": "channel"}}
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def xlmr():
@@ -59,21 +63,23 @@ def test_probe_matches_prepare_of_that_module_alone_and_restores():
     model, bs = xlmr(), batches()
     fp = logits(model, bs)
     qcfg = QuantConfig.from_dict(W8A8)
-    rows = layer_sensitivity(model, qcfg, bs, weight_bits=4, act_bits=8)
+    rows = layer_sensitivity(model, qcfg, bs, weight_bits=2, act_bits=4)
     assert [r["name"] for r in rows] == [c["name"] for c in candidates(model, qcfg)]
     assert len(rows) == 12  # 6 linears x 2 layers, classifier skipped, no embedding config
     assert all(torch.equal(a, b) for a, b in zip(fp, logits(model, bs), strict=True))  # FP restored exactly
     for row in (rows[0], rows[5]):
         ref_model = copy.deepcopy(model)
-        cfg = QuantConfig.from_dict({**W8A8, "weight": {"bits": 4, "granularity": "channel"},
+        cfg = QuantConfig.from_dict({"weight": {"bits": 2, "granularity": "channel"},
+                                     "act": {"bits": 4, "symmetric": False, "granularity": "channel"},
                                      "skip": [f"^(?!{re.escape(row['name'])}$)"]})
         prepare(ref_model, cfg)
         set_phase(ref_model, "calibrate")
         logits(ref_model, bs)
         set_phase(ref_model, "frozen")
-        q = torch.cat(logits(ref_model, bs))
-        r = torch.cat(fp)
-        kl = TF.kl_div(q.log_softmax(-1), r.log_softmax(-1), log_target=True, reduction="sum").item() / 8
+        qs = [x.double() for x in logits(ref_model, bs)]
+        kl = sum(TF.kl_div(q.log_softmax(-1), r.double().log_softmax(-1), log_target=True, reduction="sum").item()
+                 for q, r in zip(qs, fp, strict=True)) / 8
+        q, r = torch.cat(qs), torch.cat(fp)
         agree = 100.0 * (q.argmax(-1) == r.argmax(-1)).sum().item() / 8
         labels = torch.cat([b["labels"] for b in bs])
         acc = 100.0 * (q.argmax(-1) == labels).sum().item() / 8
@@ -109,6 +115,10 @@ def test_budget_skip_greedy_by_hand():
     # weights only: c leaves 600: kept; then b would leave 200, a or d 500 < 511
     assert budget_skip(rows, model, QuantConfig.from_dict({"weight": W8A8["weight"]}), 0.5, 0.5) == ["c"]
     assert budget_skip(rows, model, qcfg, 0.99, 0.99) == []
+    # linear scope: 1020 Linear weights (classifier's 20 included); at 0.49 need >= 499.8 (model: 500.78)
+    # and >= 36 act: c leaves 30 act; b kept (600); a leaves 500: fits the linear scope only
+    assert budget_skip(rows, model, qcfg, 0.49, 0.45, scope="linear") == ["b", "a"]
+    assert budget_skip(rows, model, qcfg, 0.49, 0.45) == ["b"]
     rows[2]["kl"] = 0.0  # not sensitive at all -> never kept
     assert "c" not in budget_skip(rows, model, qcfg, 0.0, 0.0)
 

@@ -98,6 +98,8 @@ def test_bits_labels():
                                                              "act": None, "embedding": u8}}}) == "w4-e8-kmeans"
     assert bits_label({"method": "ptq", "config": {"quant": {"weight": u8, "act": u8, "embedding": u8,
                                                              "attention": u8}}}) == "w8a8-attn"
+    assert bits_label({"method": "sdq", "config": {"quant": {"name": "mixed_2p5", "weight": u4, "act": None,
+                                                             "token_bits": {"rest_bits": 1}}}}) == "mixed_2p5"
     assert bits_label({"method": "fp", "bits": "fp32"}) == "fp32"
     assert bits_label({"method": "fp_continued", "bits": 8}) == "fp32"
     assert bits_label({"method": "qat", "quant": "kmeans4"}) == "kmeans4"

@@ -30,7 +30,8 @@ from sdq.quant.report import QuantReport
 log = logging.getLogger(__name__)
 
 DEFAULTS = {"n": 128, "batch_size": 32, "min_len": 8, "max_len": 48, "pair": True, "seed": 0,
-            "probe_n": 32, "probe_bits": 4, "probe_act_bits": 8, "budget": 0.95, "probe_only": None}
+            "probe_n": 32, "probe_bits": 4, "probe_act_bits": 8, "budget": 0.95, "weight_scope": "model",
+            "probe_only": None}
 
 
 def piece_script(piece: str) -> str:
@@ -108,7 +109,7 @@ def prepare_datafree(model: nn.Module, qcfg: QuantConfig, tokenizer, opts: dict 
     probe = batches[: -(-o["probe_n"] // o["batch_size"])]  # probe_n rounded up to whole batches
     rows = layer_sensitivity(model, qcfg, probe, weight_bits=o["probe_bits"], act_bits=o["probe_act_bits"],
                              only=o["probe_only"])
-    keep_fp = budget_skip(rows, model, qcfg, o["budget"], o["budget"])
+    keep_fp = budget_skip(rows, model, qcfg, o["budget"], o["budget"], scope=o["weight_scope"])
     if out_dir is not None:
         write_sensitivity(rows, Path(out_dir), title=f"sensitivity: one module at w{o['probe_bits']}")
     qcfg.skip = list(qcfg.skip) + [f"^{re.escape(name)}$" for name in keep_fp]

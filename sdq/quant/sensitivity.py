@@ -20,6 +20,7 @@ head=seq_cls bits=4 act_bits=8 n=64]`` (data-free inputs, W8A8-style config at `
 from __future__ import annotations
 
 import csv
+import logging
 import re
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ from sdq.quant.config import QuantConfig, QuantizerConfig
 KINDS = (("query", r"(query|q_proj)$"), ("key", r"(key|k_proj)$"), ("value", r"(value|v_proj)$"),
          ("attn_out", r"attention\.output\.dense$|o_proj$"), ("ffn_in", r"intermediate\.dense$"),
          ("ffn_out", r"output\.dense$"), ("embeddings", r"embeddings"), ("head", r"classifier|pooler"))
+log = logging.getLogger(__name__)
 DEFAULT_W = QuantizerConfig(bits=8, granularity="channel")
 DEFAULT_E = QuantizerConfig(bits=8, granularity="row")
 
@@ -79,7 +81,7 @@ def compare(model: nn.Module, batches: list[dict], ref: list[torch.Tensor]) -> d
     """KL(ref || model) mean per item, agreement (%) with ref, accuracy (%) when batches carry labels."""
     kl, agree, correct, n, n_lab = 0.0, 0, 0, 0, 0
     for batch, r in zip(batches, ref, strict=True):
-        q, r = _flat(_logits(model, batch), batch), _flat(r, batch)  # (N, C)
+        q, r = _flat(_logits(model, batch), batch).double(), _flat(r, batch).double()  # (N, C)
         kl += TF.kl_div(q.log_softmax(-1), r.log_softmax(-1), log_target=True, reduction="sum").item()
         agree += (q.argmax(-1) == r.argmax(-1)).sum().item()
         n += q.shape[0]
@@ -144,8 +146,10 @@ def layer_sensitivity(model: nn.Module, qcfg: QuantConfig, batches: list[dict], 
     model.eval()
     ref = [_logits(model, b) for b in batches]
     rows = [c for c in candidates(model, qcfg) if only is None or re.search(only, c["name"])]
-    for row in rows:
+    for i, row in enumerate(rows):
         row.update(probe(model, [row["name"]], qcfg, batches, ref, weight_bits, act_bits))
+        log.info("sensitivity %d/%d %s: KL %.5f, agree %.1f%%", i + 1, len(rows), row["name"], row["kl"],
+                 row["agree"])
     return rows
 
 
@@ -168,13 +172,19 @@ def kind_sensitivity(model: nn.Module, qcfg: QuantConfig, batches: list[dict], w
 
 
 def budget_skip(rows: list[dict], model: nn.Module, qcfg: QuantConfig, weight_budget: float = 0.95,
-                act_budget: float = 0.95, score: str = "kl") -> list[str]:
+                act_budget: float = 0.95, score: str = "kl", scope: str = "model") -> list[str]:
     """Modules to keep FP, most sensitive (highest ``score``) first, while the quantized share of all
-    parameters stays >= weight_budget and of all Linear input features >= act_budget (greedy: a module
-    that would break the budget is passed over, a cheaper less sensitive one may still fit)."""
-    p_total = sum(p.numel() for p in model.parameters())
-    a_total = sum(m.in_features for m in model.modules() if isinstance(m, nn.Linear))
+    parameters (``scope="linear"``: of all Linear weights) stays >= weight_budget and of all Linear input
+    features >= act_budget (greedy: a module that would break the budget is passed over, a cheaper less
+    sensitive one may still fit)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    a_total = sum(m.in_features for m in linears)
     cands = {c["name"]: c for c in candidates(model, qcfg)}
+    if scope == "linear":
+        p_total = sum(m.weight.numel() for m in linears)
+        cands = {n: {**c, "params": 0 if c["kind"] == "embeddings" else c["params"]} for n, c in cands.items()}
+    else:
+        p_total = sum(p.numel() for p in model.parameters())
     q_w = sum(c["params"] for c in cands.values())
     q_a = sum(c["act"] for c in cands.values())
     check_act = qcfg.act is not None

@@ -19,7 +19,7 @@ from sdq.errors import SdqConfigError, SdqDataError
 RESULTS_FILE = "results.json"
 CKPT_NAMES = ("best.ckpt", "last.ckpt")
 # Row order of comparison tables: the reference first, then the paper's methods.
-METHOD_ORDER = ("fp", "fp_continued", "ptq", "qat", "qat_kd", "sdq", "sdq_noise")
+METHOD_ORDER = ("fp", "fp_continued", "ptq", "ptq_datafree", "qat", "qat_kd", "sdq", "sdq_noise")
 
 
 def load_results(path: str | Path) -> dict:
@@ -72,6 +72,8 @@ def quant_label(quant: dict | None) -> str | None:
     """
     if not isinstance(quant, dict) or not isinstance(quant.get("weight"), dict):
         return None
+    if quant.get("overrides") or quant.get("token_bits"):  # mixed precision: bits differ per module / token
+        return str(quant.get("name") or "mixed")
     w, a, e = quant["weight"], quant.get("act"), quant.get("embedding")
     label = f"w{w.get('bits')}" + (f"a{a.get('bits')}" if isinstance(a, dict) else "")
     if isinstance(e, dict) and e.get("bits") != w.get("bits"):
