@@ -100,7 +100,10 @@ def _log_to_wandb(trainer, results: dict) -> None:
     """With ``logger=wandb``: the per-language table, charts and summary into the run's W&B run."""
     from pytorch_lightning.loggers import WandbLogger
 
+    from sdq.lit.builders import finish_logger
+
     if trainer.is_global_zero and isinstance(trainer.logger, WandbLogger):
         from sdq.report.wandb_log import log_results
 
         log_results(results, run=trainer.logger.experiment)
+    finish_logger(trainer)

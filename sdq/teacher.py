@@ -23,6 +23,7 @@ from torch import nn
 
 from sdq.config import stable_hash
 from sdq.errors import SdqError
+from sdq.lit.builders import finish_logger
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def finetune_teacher(cfg: DictConfig, backbone: str, dm, stage_dir: Path, cached
     module = make_module(cfg, model, None, DistillLoss(ce=1.0), dm, float(cfg.task.lr), {"stage": "teacher"})
     tags = {"model": cfg.model.name, "task": dm.spec.name, "method": "fp", "stage": "teacher"}
     trainer = fit_and_test(cfg, module, dm, stage_dir, int(cfg.task.epochs), True, tags)
+    finish_logger(trainer)  # the student stage opens its own W&B run
     out = stage_dir / "teacher.safetensors"
     if not trainer.is_global_zero:  # DDP: rank 0 writes the teacher files, the other ranks wait for them
         trainer.strategy.barrier("sdq.teacher")

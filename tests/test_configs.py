@@ -126,6 +126,21 @@ def test_task_data_defaults_and_overrides() -> None:
     assert dm.val_languages == ["en", "de"] and dm.sizes()["train/en"] == 8
 
 
+def test_wandb_teacher_and_student_stages_get_their_own_runs(tmp_path: Path, fixture_root: Path, monkeypatch):
+    """Two-stage job (teacher fine-tuned first): each stage closes its W&B run, so the student's table
+    lands in its own offline run, and a second job in the same process (Hydra sweep) gets a new one."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    real = ["trainer.fast_dev_run=false", "+trainer.max_steps=1", "+trainer.limit_val_batches=1", "logger=wandb"]
+    for job in ("a", "b"):
+        smoke(tmp_path / job, fixture_root, ["task=xnli", "method=ptq", *real])
+        run_dir = tmp_path / job / "run"
+        student = list(run_dir.glob("wandb/offline-run-*"))
+        teacher = list((run_dir / "teacher").glob("wandb/offline-run-*"))
+        assert len(student) == 1 and len(teacher) == 1, sorted(str(p) for p in run_dir.rglob("offline-run-*"))
+        assert list(student[0].glob("files/media/table/per_language_*.table.json"))
+
+
 def test_default_run_dir_resolves_from_any_cwd(tmp_path):
     """``python train.py`` with no hydra.run.dir: the default run dir (it uses sdq's own resolver) is
     created under the cwd; bits=0 then stops with one error line before any model is loaded."""

@@ -51,6 +51,16 @@ def build_logger(cfg: DictConfig, save_dir: Path, tags: dict[str, str]):
     return logger
 
 
+def finish_logger(trainer: pl.Trainer) -> None:
+    """Close the stage's W&B run: the next stage (or the next job of an in-process Hydra sweep) must get
+    its own run, not be appended to this one (``wandb.init`` reuses a run that is still open)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger._experiment.finish()
+
+
 class LastCheckpoint(ModelCheckpoint):
     """``last.ckpt`` every ``every_n_train_steps`` optimizer steps (0 = never mid-epoch) and after every
     validation, whether or not the dev metric improved: what ``ckpt_path=last`` resumes from."""
