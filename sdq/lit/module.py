@@ -25,6 +25,7 @@ from sdq.distill import DistillLoss, capture
 from sdq.errors import SdqError
 from sdq.lit.evaluation import LanguageAccumulator, aggregate, gather_accumulators
 from sdq.lit.optim import build_optimizer
+from sdq.lit.restore import state_mismatch
 from sdq.lit.teacher_cache import TeacherLogitsCache
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -275,9 +276,7 @@ class SDQModule(pl.LightningModule):
             )
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
         state = {k: v for k, v in checkpoint.get("state_dict", {}).items() if not k.startswith("teacher.")}
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        shape = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+        missing, unexpected, shape = state_mismatch(own, state)
         if missing or unexpected or shape:
             example = (shape or missing or unexpected)[0]
             raise SdqError(

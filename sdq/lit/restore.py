@@ -33,6 +33,17 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def state_mismatch(own: dict, state: dict) -> tuple[list[str], list[str], list[str]]:
+    """Keys of ``own`` missing from ``state``, keys of ``state`` not in ``own``, and keys whose shapes differ.
+
+    >>> missing, unexpected, shape = state_mismatch(model.state_dict(), loaded)
+    """
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    return missing, unexpected, shape
+
+
 def checkpoint_config(ckpt: dict | str | Path) -> DictConfig:
     """The resolved run config stored in an sdq checkpoint."""
     if not isinstance(ckpt, dict):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from sdq.data.tasks import get_task
 from sdq.report.io import (
     METHOD_ORDER,
     is_teacher_stage,
+    label_bits,
     languages_of,
     mean,
     order_languages,
@@ -166,8 +166,7 @@ def _mean_dicts(dicts: list[dict]) -> dict[str, float]:
 def _sort_key(row: CompareRow) -> tuple:
     """FP first, then by bit width (high to low), then method order: the paper's table layout."""
     m = METHOD_ORDER.index(row.method) if row.method in METHOD_ORDER else len(METHOD_ORDER)
-    digits = re.match(r"[bw](\d+)", row.bits)
-    return (row.model, row.bits != "fp32", -int(digits.group(1)) if digits else 0, row.bits, m, row.method)
+    return (row.model, row.bits != "fp32", -(label_bits(row.bits) or 0), row.bits, m, row.method)
 
 
 def build_comparison(runs: list[tuple[Path, dict]], split: str = "test") -> dict[str, ComparisonTable]:

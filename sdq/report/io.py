@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,12 @@ def quant_label(quant: dict | None) -> str | None:
     if quant.get("attention"):
         label += "-attn"
     return label
+
+
+def label_bits(label: str) -> int | None:
+    """Leading bit width of a bits label (``w4a8`` / ``b4`` -> 4); None for ``fp32``, presets, ``?``."""
+    digits = re.match(r"[bw](\d+)", label)
+    return int(digits.group(1)) if digits else None
 
 
 def bits_label(results: dict) -> str:

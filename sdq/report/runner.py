@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -26,6 +25,7 @@ from sdq.report.io import (
     Reference,
     bits_label,
     find_results,
+    label_bits,
     load_results,
     mean,
     resolve_reference,
@@ -246,8 +246,7 @@ def plot_compare_layer_errors(runs: list[tuple[Path, dict]], task: str, path: Pa
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     methods = sorted({m for p in panels.values() for m in p}, key=lambda m: (order.get(m, len(order)), m))
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    labels = sorted(panels, key=lambda b: (-int(re.match(r"[bw](\d+)", b).group(1))
-                                           if re.match(r"[bw](\d+)", b) else 0, b))
+    labels = sorted(panels, key=lambda b: (-(label_bits(b) or 0), b))
     fig, axes = plt.subplots(1, len(labels), figsize=(5.2 * len(labels) + 2.0, 4.6), dpi=120, squeeze=False,
                              sharey=True)
     for ax, label in zip(axes[0], labels):
