@@ -24,6 +24,7 @@ from torch import nn
 from sdq.config import stable_hash
 from sdq.errors import SdqError
 from sdq.lit.builders import finish_logger
+from sdq.lit.restore import state_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,15 @@ def _state_from_lightning(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def save_weights(model: nn.Module, path: str | Path) -> Path:
+    """Write ``model``'s state dict as a ``.safetensors`` file that :func:`load_weights` (``teacher.ckpt=``) reads.
+
+    >>> save_weights(model, "teacher.safetensors")
+    """
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return Path(path)
+
+
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load FP weights (.safetensors, or a Lightning .ckpt of an fp run) into ``model``, strictly."""
     path = Path(path)
@@ -45,10 +55,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         state = load_file(str(path)) if path.suffix == ".safetensors" else _state_from_lightning(path)
     except Exception as exc:  # noqa: BLE001 - truncated / not a checkpoint
         raise SdqError(f"cannot read teacher checkpoint {path}: {type(exc).__name__}: {exc}") from None
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape = [k for k in own if k in state and own[k].shape != state[k].shape]
+    missing, unexpected, shape = state_mismatch(model.state_dict(), state)
     if missing or unexpected or shape:
         example = (missing or unexpected or shape)[0]
         raise SdqError(
@@ -104,7 +111,7 @@ def finetune_teacher(cfg: DictConfig, backbone: str, dm, stage_dir: Path, cached
         return out
     results = write_results(stage_dir, dm.spec, module.results, [], meta=tags)
     print_table(results, dm.spec)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
+    save_weights(model, out)
     for ckpt in (stage_dir / "checkpoints").glob("*.ckpt"):  # weights are in teacher.safetensors
         ckpt.unlink()
     if cfg.teacher.reuse:

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from safetensors.torch import save_file
 
 from sdq.cli import EXIT_USER_ERROR, guarded
 from sdq.data.synthetic import write_fixture
 from sdq.data.xglue import split_path
+from sdq.teacher import save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_FILE = ("xnli", "en", "train")
@@ -51,13 +51,10 @@ def files(tmp_path_factory) -> dict[str, Path]:
             train.unlink()
     torch.manual_seed(0)
     tiny = resolve_backbone("tiny")
-    save_file({k: v.contiguous() for k, v in build_model(tiny, "seq_cls", 3).state_dict().items()},
-              str(tmp / "teacher.safetensors"))
-    save_file({k: v.contiguous() for k, v in build_model(tiny, "seq_cls", 2).state_dict().items()},
-              str(tmp / "teacher_pawsx.safetensors"))
+    save_weights(build_model(tiny, "seq_cls", 3), tmp / "teacher.safetensors")
+    save_weights(build_model(tiny, "seq_cls", 2), tmp / "teacher_pawsx.safetensors")
     torch.manual_seed(1)
-    save_file({k: v.contiguous() for k, v in build_model(tiny, "seq_cls", 3).state_dict().items()},
-              str(tmp / "other_teacher.safetensors"))
+    save_weights(build_model(tiny, "seq_cls", 3), tmp / "other_teacher.safetensors")
     out["teacher"], out["wrong_teacher"] = tmp / "teacher.safetensors", tmp / "teacher_pawsx.safetensors"
     out["other_teacher"] = tmp / "other_teacher.safetensors"
     out["empty_dir"] = tmp / "no_xglue_here"

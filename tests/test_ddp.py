@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from sdq.data.synthetic import write_fixture
 from sdq.lit.data import EvenShardBatches, ResumableSampler
+from sdq.teacher import save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,8 +72,7 @@ def setup(tmp_path_factory) -> tuple[Path, Path, Path]:
     (model_dir / "config.json").write_text(json.dumps(cfg))
     torch.manual_seed(0)
     teacher = build_model(str(model_dir), "seq_cls", 3)
-    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(tmp / "teacher.safetensors"))
-    return root, model_dir, tmp / "teacher.safetensors"
+    return root, model_dir, save_weights(teacher, tmp / "teacher.safetensors")
 
 
 @pytest.mark.slow  # two training runs in parallel, the DDP one launching a second process (~40 s)

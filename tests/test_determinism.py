@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from safetensors.torch import save_file
 
 from sdq.data.synthetic import write_fixture
+from sdq.teacher import save_weights
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -22,8 +22,7 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
     root = write_fixture(tmp / "xglue", tasks=["xnli"], n=12)
     torch.manual_seed(0)
     teacher = build_model(resolve_backbone("tiny"), "seq_cls", 3)
-    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(tmp / "teacher.safetensors"))
-    return root, tmp / "teacher.safetensors"
+    return root, save_weights(teacher, tmp / "teacher.safetensors")
 
 
 def train(run_dir: Path, root: Path, teacher: Path, seed: int) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from safetensors.torch import save_file
 
 from sdq.data.synthetic import write_fixture
+from sdq.teacher import save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 6  # 24 training examples, batch 4
@@ -32,8 +32,7 @@ def data_and_teacher(tmp_path_factory) -> tuple[Path, Path]:
     root = write_fixture(tmp / "xglue", tasks=["xnli"], n=24)
     torch.manual_seed(0)
     teacher = build_model(resolve_backbone("tiny"), "seq_cls", 3)
-    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(tmp / "teacher.safetensors"))
-    return root, tmp / "teacher.safetensors"
+    return root, save_weights(teacher, tmp / "teacher.safetensors")
 
 
 def train_cmd(run_dir: Path, root: Path, teacher: Path, *extra: str) -> list[str]:
