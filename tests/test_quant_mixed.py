@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+from tiny import xlmr
 
 from sdq.errors import SdqConfigError
 from sdq.quant import BinaryCodeQuantizer, QuantConfig, QuantEmbedding, QuantLinear, prepare, quant_report
@@ -21,19 +21,12 @@ from sdq.quant.token_bits import (
 )
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-SMALL = {"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "intermediate_size": 64, "max_position_embeddings": 40}
 MIXED = {"weight": {"bits": 4, "granularity": "channel"}, "embedding": {"bits": 4, "scheme": "binary",
          "granularity": "row"}, "overrides": {r"attention\.": {"bits": 8}},
          "token_bits": {"buckets": [[4, 0.1], [2, 0.2]], "rest_bits": 1}}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def xlmr():
-    torch.manual_seed(0)
-    return XLMRobertaForSequenceClassification(XLMRobertaConfig(**SMALL, num_labels=3)).eval()
 
 
 def ids():

@@ -4,12 +4,11 @@ import copy
 
 import pytest
 import torch
+from tiny import SMALL, xlmr
 from torch import nn
 from transformers import (
     BertConfig,
     BertForTokenClassification,
-    XLMRobertaConfig,
-    XLMRobertaForSequenceClassification,
 )
 
 from sdq.quant import (
@@ -23,14 +22,6 @@ from sdq.quant import (
     set_phase,
     strip,
 )
-
-SMALL = {"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "intermediate_size": 64, "max_position_embeddings": 40}
-
-
-def xlmr():
-    torch.manual_seed(0)
-    return XLMRobertaForSequenceClassification(XLMRobertaConfig(**SMALL, num_labels=3)).eval()
 
 
 def bert():

@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 import torch.nn.functional as TF
+from tiny import xlmr
 from torch import nn
-from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
 from sdq.quant import QuantConfig, prepare, quant_report, set_phase
 from sdq.quant.sensitivity import (
@@ -21,18 +21,11 @@ from sdq.quant.sensitivity import (
     write_sensitivity,
 )
 
-SMALL = {"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "intermediate_size": 64, "max_position_embeddings": 40}
 W8A8 = {"weight": {"bits": 8, "granularity": "channel"},
         "act": {"bits": 8, "symmetric": False, "granularity": "channel"}}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def xlmr():
-    torch.manual_seed(0)
-    return XLMRobertaForSequenceClassification(XLMRobertaConfig(**SMALL, num_labels=3)).eval()
 
 
 def batches():
