@@ -40,6 +40,51 @@ def test_kmeans_matches_loop_reference_and_is_nearest_centroid():
     assert torch.equal(q.codebook_, q.codebook_.sort(1).values)
 
 
+def ref_weighted_lloyd(x: list, wt: list, k: int, iters: int) -> torch.Tensor:
+    """Loop reference for weighted 1-D Lloyd: quantile init, nearest assignment, weighted means."""
+    xs = sorted(range(len(x)), key=lambda i: x[i])
+    c = [x[xs[min(len(x) - 1, int((i + 0.5) / k * len(x)))]] for i in range(k)]
+    for _ in range(iters):
+        num, den = [0.0] * k, [0.0] * k
+        for v, a in zip(x, wt, strict=True):
+            j = min(range(k), key=lambda i: (abs(v - c[i]), i))
+            num[j] += a * v
+            den[j] += a
+        c = sorted(num[j] / den[j] if den[j] > 0 else c[j] for j in range(k))
+    return torch.tensor(c)
+
+
+def test_act_weighted_kmeans_matches_reference_and_lowers_output_error():
+    """kmeans_weighting=act: centroids are the E[x_j^2]-weighted means of the calibration inputs, and
+    the Linear's output error on those inputs is below plain k-means' when one input is an outlier."""
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 4, bias=False)
+    x = torch.randn(64, 16)
+    x[:, 3] *= 30.0  # an outlier input feature (as in transformer hidden states)
+    outs = {}
+    for weighting in ("none", "act"):
+        cfg = QuantizerConfig(bits=2, scheme="kmeans", granularity="channel", kmeans_iters=30,
+                              kmeans_weighting=weighting)
+        ql = QuantLinear.from_linear(lin, cfg)
+        set_phase(ql, "calibrate")
+        ql(x)
+        set_phase(ql, "frozen")
+        outs[weighting] = ql(x)
+    q = ql.weight_quantizer
+    imp = x.pow(2).mean(0)  # (C,)
+    torch.testing.assert_close(q.in_sq / q.in_count, imp)
+    for r in range(4):
+        ref = ref_weighted_lloyd(lin.weight[r].tolist(), imp.tolist(), 4, 30)
+        torch.testing.assert_close(q.codebook_[r], ref, rtol=1e-5, atol=1e-6)
+    fp = lin(x)
+    err = {k: (v - fp).pow(2).sum().item() for k, v in outs.items()}
+    assert err["act"] < err["none"], err
+    # the stats are kept in buffers (checkpoint) and frozen outside calibrate
+    n = float(q.in_count)
+    ql(x)
+    assert float(q.in_count) == n and {"in_sq", "in_count"} <= set(q.state_dict())
+
+
 def test_binary_code_structure_and_refinement():
     torch.manual_seed(0)
     w = torch.randn(4, 128)

@@ -23,7 +23,7 @@ def ref_row(x: torch.Tensor, bits: int, symmetric: bool, lo=None, hi=None) -> to
         lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
         s = (hi - lo) / qmax
         z = torch.clamp(qmin - torch.round(lo / s), qmin, qmax)
-    return (torch.clamp(torch.round(x / s) + z, qmin, qmax) - z) * s
+    return (torch.clamp(torch.round(x * (1 / s)) + z, qmin, qmax) - z) * s  # reciprocal: as torch's kernels
 
 
 def ref_grouped(w: torch.Tensor, bits: int, symmetric: bool, granularity: str, group_size=None):
@@ -115,7 +115,7 @@ def test_lsq_gradient_matches_paper_formula():
     q(x).sum().backward()
     s = q.scale.detach()
     qmin, qmax = -4.0, 3.0
-    v = x.detach() / s
+    v = x.detach() * (1 / s)
     r = torch.round(v)
     ds = torch.where(r < qmin, qmin, torch.where(r > qmax, qmax, r - v))  # Esser et al. eq. 3
     g = 1.0 / math.sqrt(8 * qmax)
@@ -183,3 +183,24 @@ def test_disabled_is_identity_and_state_dict_restores():
     assert torch.equal(q2(x), q(x))
     q.set_enabled(False)
     assert q(x) is x
+
+
+@pytest.mark.parametrize("qmin,qmax", [(-128.0, 127.0), (0.0, 255.0), (-1.0, 1.0), (0.0, 1.0), (-8.0, 7.0)])
+def test_fused_kernel_path_equals_composed_maths(qmin, qmax):
+    """fake_quant's fused torch kernel and the composed ops give the same values and STE gradient,
+    at exact rounding ties too, on a plain and on a transposed (activation) view."""
+    from sdq.quant import functional as F
+
+    torch.manual_seed(0)
+    s = torch.rand(16, 1) * 0.1 + 1e-3
+    z = torch.randint(int(qmin), int(qmax) + 1, (16, 1)).float()
+    ties = (torch.randint(-300, 300, (16, 50)).float() + 0.5) * s
+    act = (torch.randn(4, 10, 16) * 4).reshape(-1, 16).t()  # (C, N) view, as activations are grouped
+    cols = (torch.randn(40, 16) * 4, s.t(), z.t())  # params per column: (N, C) activations, no transpose
+    for x, s_, z_ in ((torch.randn(16, 50) * 4, s, z), (ties, s, z), (act, s, z), cols):
+        x = x.detach().requires_grad_(True)
+        fused, composed = F.fake_quant(x, s_, z_, qmin, qmax), F._FakeQuantSTE.apply(x, s_, z_, qmin, qmax)
+        g1, = torch.autograd.grad(fused.sum() * 1.7, x)
+        g2, = torch.autograd.grad(composed.sum() * 1.7, x)
+        assert torch.equal(fused, composed) and torch.equal(g1, g2)
+        assert 0 < int((g1 == 0).sum()) < g1.numel()  # values outside the range get no gradient

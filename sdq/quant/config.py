@@ -17,6 +17,7 @@ SCHEMES = ("uniform", "lsq", "kmeans", "binary")
 GRANULARITIES = ("tensor", "channel", "group", "row")
 OBSERVERS = ("minmax", "ema", "percentile", "mse")
 KMEANS_INITS = ("quantile", "linear")
+KMEANS_WEIGHTINGS = ("none", "act")
 
 
 def _unknown(keys: set[str], known: list[str], where: str) -> None:
@@ -36,6 +37,10 @@ class QuantizerConfig:
     ``granularity`` tensor | channel (weights: output rows, activations: last dim) | group (``group_size``
     consecutive inputs of a row) | row (= channel; name used for embedding tables).
     ``narrow_range`` drops the most negative symmetric level (2 bits -> ternary {-1,0,1}).
+    ``kmeans_weighting`` act: Lloyd centroids weighted by each weight column's mean squared input
+    activation from the calibration batches, so k-means minimises the Linear's output error
+    E||(W - W_hat) x||^2 (diagonal approximation, as SqueezeLLM/GPTQ) instead of the weight error;
+    none: plain k-means (embedding tables always).
     ``refit_every`` N>0 re-fits weight ranges/centroids/alphas every N training steps outside calibrate
     (0: only in the calibrate phase).
 
@@ -54,6 +59,7 @@ class QuantizerConfig:
     mse_grid: int = 20
     kmeans_iters: int = 20
     kmeans_init: str = "quantile"
+    kmeans_weighting: str = "none"
     binary_iters: int = 10
     refit_every: int = 0
 
@@ -81,7 +87,8 @@ class QuantizerConfig:
             raise SdqConfigError(f"{where}.bits={self.bits!r} is not supported; use an integer from 1 to 8")
         for name, value, allowed in (("scheme", self.scheme, SCHEMES), ("granularity", self.granularity,
                                      GRANULARITIES), ("observer", self.observer, OBSERVERS),
-                                     ("kmeans_init", self.kmeans_init, KMEANS_INITS)):
+                                     ("kmeans_init", self.kmeans_init, KMEANS_INITS),
+                                     ("kmeans_weighting", self.kmeans_weighting, KMEANS_WEIGHTINGS)):
             if value not in allowed:
                 raise SdqConfigError(f"{where}.{name}={value!r} is unknown; choose one of: {', '.join(allowed)}")
         if self.granularity == "group":
@@ -181,6 +188,11 @@ class QuantConfig:
                     raise SdqConfigError(f"quant.{part} must be a QuantizerConfig or null, got {sub!r}")
                 sub.validate(f"quant.{part}")
         _check_activation(self.act, "quant.act", ("tensor", "channel"))
+        for part in ("weight", "embedding"):
+            sub = getattr(self, part)
+            if sub is not None and sub.kmeans_weighting != "none" and (part == "embedding" or sub.scheme != "kmeans"):
+                raise SdqConfigError(f"quant.{part}.kmeans_weighting={sub.kmeans_weighting!r} applies to k-means "
+                                     "Linear weights only (quant.weight with scheme=kmeans); set it to none here")
         _check_activation(self.attention, "quant.attention", ("tensor",))
         if not isinstance(self.skip, list | tuple):
             raise SdqConfigError(f"quant.skip={self.skip!r} must be a list of module-name regexes")

@@ -51,7 +51,7 @@ class _FakeQuantSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, zp, qmin, qmax):
-        q = torch.round(x / scale) + zp
+        q = torch.round(x * (1.0 / scale)) + zp
         ctx.save_for_backward((q >= qmin) & (q <= qmax))
         return (torch.clamp(q, qmin, qmax) - zp) * scale
 
@@ -100,14 +100,23 @@ def scale_zero_point(lo, hi, qmin, qmax, symmetric: bool) -> tuple[torch.Tensor,
 
 
 def fake_quant(x, scale, zp, qmin, qmax) -> torch.Tensor:
-    """``(clamp(round(x/s) + z, qmin, qmax) - z) * s`` with clipped straight-through gradient to x."""
+    """``(clamp(round(x * (1/s)) + z, qmin, qmax) - z) * s`` on x (G, n) with params per row (G, 1) or
+    per column (1, n), with clipped straight-through gradient to x. fp32 with python-number bounds runs
+    torch's fused ``fake_quantize_per_channel_affine`` kernel (one pass forward and backward, the same
+    numbers: it also multiplies by the reciprocal scale); other cases compose the same maths from ops."""
+    if (x.dtype == torch.float32 and scale.dtype == torch.float32 and isinstance(qmin, float | int)
+            and isinstance(qmax, float | int) and x.dim() == 2 and scale.dim() == 2):
+        axis = 0 if scale.shape == (x.shape[0], 1) else 1 if scale.shape == (1, x.shape[1]) else None
+        if axis is not None:
+            return torch.fake_quantize_per_channel_affine(
+                x, scale.reshape(-1), zp.reshape(-1).to(torch.int32), axis, int(qmin), int(qmax))
     return _FakeQuantSTE.apply(x, scale, zp, qmin, qmax)
 
 
 def fake_quant_lsq(x, scale, zp, qmin, qmax, g: float) -> torch.Tensor:
     """LSQ (Esser et al. 2020): same forward, gradient to ``scale`` scaled by ``g``."""
     s = grad_scale(scale, g)
-    q = torch.clamp(round_ste(x / s) + zp, qmin, qmax)
+    q = torch.clamp(round_ste(x * (1.0 / s)) + zp, qmin, qmax)
     return (q - zp) * s
 
 
@@ -157,8 +166,12 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(mid.contiguous(), x.contiguous())
 
 
-def kmeans_fit(x: torch.Tensor, k: int, iters: int, init: str = "quantile") -> torch.Tensor:
-    """1-D Lloyd k-means per row of x (G, n) -> sorted centroids (G, k); deterministic init."""
+def kmeans_fit(x: torch.Tensor, k: int, iters: int, init: str = "quantile",
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """1-D Lloyd k-means per row of x (G, n) -> sorted centroids (G, k); deterministic init.
+
+    ``weight`` (G, n) or (1, n), >= 0: each value's weight in the centroid means (weighted k-means;
+    assignment stays nearest-centroid, which is optimal for any positive point weight)."""
     n = x.shape[1]
     pos = (torch.arange(k, device=x.device, dtype=x.dtype) + 0.5) / k  # (k,)
     if init == "quantile":
@@ -167,12 +180,13 @@ def kmeans_fit(x: torch.Tensor, k: int, iters: int, init: str = "quantile") -> t
     else:
         lo, hi = observe_minmax(x)
         c = lo + (hi - lo) * pos
-    ones = torch.ones_like(x)
+    w = torch.ones_like(x) if weight is None else weight.to(x.dtype).expand_as(x)
+    wx = x * w
     for _ in range(iters):
         codes = nearest_code(x, c)  # (G, n)
-        sums = torch.zeros_like(c).scatter_add_(1, codes, x)
-        cnt = torch.zeros_like(c).scatter_add_(1, codes, ones)
-        new = torch.where(cnt > 0, sums / cnt.clamp_min(1), c).sort(dim=1).values
+        sums = torch.zeros_like(c).scatter_add_(1, codes, wx)
+        cnt = torch.zeros_like(c).scatter_add_(1, codes, w)
+        new = torch.where(cnt > 0, sums / torch.where(cnt > 0, cnt, 1.0), c).sort(dim=1).values
         if torch.equal(new, c):
             break
         c = new

@@ -74,6 +74,8 @@ class QuantLinear(_QuantWeightMixin, nn.Linear):
             x = self.act_quantizer(x)
         w = self.weight
         if self.weight_quantizer is not None:
+            if hasattr(self.weight_quantizer, "observe_input"):  # activation-weighted k-means
+                self.weight_quantizer.observe_input(x)
             w = self._noisy(w, self.weight_quantizer(w))
         return TF.linear(x, w, self.bias)
 

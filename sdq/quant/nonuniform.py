@@ -73,12 +73,19 @@ class _CodebookQuantizer(QuantizerBase):
 
 class KMeansQuantizer(_CodebookQuantizer):
     """Codebook of 2^bits centroids per group (buffer ``codebook`` (G, K), sorted), Lloyd with
-    deterministic ``kmeans_init`` (quantile | linear) and ``kmeans_iters`` iterations."""
+    deterministic ``kmeans_init`` (quantile | linear) and ``kmeans_iters`` iterations.
+
+    ``kmeans_weighting=act``: buffers ``in_sq`` (C,) and ``in_count`` accumulate the squared inputs of
+    the Linear in the calibrate phase (``observe_input``); each weight column then counts in the
+    centroid means with its mean squared input, so the fit minimises the layer's output error."""
 
     def __init__(self, cfg: QuantizerConfig, shape: tuple[int, ...], kind: str = "weight"):
         super().__init__(cfg, shape, kind)
         k = cfg.levels
         self.register_buffer("codebook_", torch.linspace(-1, 1, k).repeat(self.n_groups, 1))
+        if cfg.kmeans_weighting == "act":
+            self.register_buffer("in_sq", torch.zeros(self.shape[-1]))
+            self.register_buffer("in_count", torch.zeros(()))
 
     @property
     def params(self) -> torch.Tensor:
@@ -87,11 +94,42 @@ class KMeansQuantizer(_CodebookQuantizer):
     def codebook(self, gidx=None):
         return self.take(self.codebook_, gidx), None
 
+    @torch.no_grad()
+    def observe_input(self, x: torch.Tensor) -> None:
+        """Accumulate E[x_j^2] per input feature j from Linear inputs x (..., C) (calibrate phase only)."""
+        if self.cfg.kmeans_weighting != "act" or self._phase != 0 or not self._enabled:
+            return
+        x2 = x.detach().float().reshape(-1, x.shape[-1])  # (N, C)
+        self.in_sq += x2.pow(2).sum(0)
+        self.in_count += x2.shape[0]
+
+    def importance(self) -> torch.Tensor | None:
+        """Per-value weights in the grouped layout (G, n), or None (plain k-means / no inputs seen)."""
+        if self.cfg.kmeans_weighting != "act" or float(self.in_count) == 0:
+            return None
+        imp = self.in_sq / self.in_count  # (C,)
+        imp = imp.clamp_min(1e-6 * float(imp.mean()) + 1e-12)  # dead inputs keep a tiny weight
+        return self.view2d(imp.expand(self.shape))
+
+    def _fit(self, x2d: torch.Tensor, gidx: torch.Tensor | None) -> None:
+        imp = self.importance()
+        if imp is None:
+            return super()._fit(x2d, gidx)
+        x2d, imp = x2d.float(), self.take(imp, gidx)
+        c = self.cfg
+        out = torch.cat([F.kmeans_fit(x2d[s], c.levels, c.kmeans_iters, c.kmeans_init, imp[s])
+                         for s in chunks(x2d.shape[0], x2d.shape[1])], 0)
+        self.put_(self.params, gidx, out)
+
     def _fit_groups(self, x2d: torch.Tensor) -> torch.Tensor:
         return F.kmeans_fit(x2d, self.cfg.levels, self.cfg.kmeans_iters, self.cfg.kmeans_init)
 
     def storage_bits(self) -> tuple[float, float]:
         return float(self.cfg.bits), float(self.n_groups * self.cfg.levels * 32)
+
+    def extra_repr(self) -> str:
+        w = self.cfg.kmeans_weighting
+        return super().extra_repr() + (f", weighting={w}" if w != "none" else "")
 
 
 class BinaryCodeQuantizer(_CodebookQuantizer):

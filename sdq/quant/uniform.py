@@ -40,11 +40,22 @@ class UniformQuantizer(QuantizerBase):
             self.register_buffer("row_bits", torch.full((self.shape[0],), cfg.bits, dtype=torch.int8))
         else:
             self.row_bits = None
+        self._rows_key, self._rows_uniform = None, True
+
+    def rows_uniform(self) -> bool:
+        """Every row at ``cfg.bits`` (python-number qmin/qmax: the fused kernel path). Re-checked only when
+        ``row_bits`` was written or moved (its storage or version counter changed), so no per-call sync."""
+        if self.row_bits is None:
+            return True
+        key = (self.row_bits.data_ptr(), self.row_bits._version)
+        if key != self._rows_key:
+            self._rows_key, self._rows_uniform = key, bool((self.row_bits == self.cfg.bits).all())
+        return self._rows_uniform
 
     # ------------------------------------------------------------------ ranges
     def qrange(self, gidx: torch.Tensor | None = None) -> tuple:
         """(qmin, qmax): python floats, or (G', 1) tensors from ``row_bits``."""
-        if self.row_bits is None:
+        if self.rows_uniform():
             bits = self.cfg.bits
         else:
             bits = self.row_bits.float().repeat_interleave(self.groups_per_row)[:, None]  # (G, 1)
@@ -101,6 +112,8 @@ class UniformQuantizer(QuantizerBase):
             b = self.cfg.bits
             g = 1.0 / math.sqrt(x2d.shape[1] * (2 ** (b - 1) - 1 if self.cfg.symmetric else 2 ** b - 1))
             return F.fake_quant_lsq(x2d, scale, zp, qmin, qmax, g)
+        if self.kind == "act" and self.cfg.granularity != "tensor":  # x2d: the (C, N) view of (N, C) memory
+            return F.fake_quant(x2d.t(), scale.detach().t(), zp.t(), qmin, qmax).t()  # no transposed copies
         return F.fake_quant(x2d, scale.detach(), zp, qmin, qmax)
 
     @torch.no_grad()
@@ -112,7 +125,7 @@ class UniformQuantizer(QuantizerBase):
             codes = (x2d >= 0).to(torch.int32)  # 1 -> +scale, 0 -> -scale
         else:
             qmin, qmax = self.qrange()
-            codes = torch.clamp(torch.round(x2d / scale) + self.zero_point, qmin, qmax).to(torch.int32)
+            codes = torch.clamp(torch.round(x2d * (1.0 / scale)) + self.zero_point, qmin, qmax).to(torch.int32)
         qmin, qmax = self.qrange() if not self.sign_mode else (0.0, 1.0)
         qmin, qmax = torch.as_tensor(qmin), torch.as_tensor(qmax)
         params = {"scheme": "sign" if self.sign_mode else "uniform", "scale": scale.clone(),
