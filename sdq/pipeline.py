@@ -76,8 +76,13 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
             report = quant_report(student)  # bits changed: recount
             report.extra = extra
         log.info("quantization report:\n%s", report)
-        if method.calibrate_batches:
-            calibrate(student, dm.train_dataloader(), int(method.calibrate_batches), learn=bool(method.train))
+        n_pseudo = int(method.get("calibrate_multilingual") or 0)
+        if method.calibrate_batches or n_pseudo:
+            from sdq.quant.datafree import calibration_batches
+
+            batches = calibration_batches(dm.train_dataloader(), int(method.calibrate_batches), tokenizer,
+                                          n_pseudo, int(cfg.data.batch_size))
+            calibrate(student, batches, len(batches), learn=bool(method.train))
 
     epochs = int(method.epochs if method.epochs is not None else cfg.task.epochs)
     lr = float(method.lr if method.lr is not None else cfg.task.lr)

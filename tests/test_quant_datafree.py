@@ -85,3 +85,22 @@ def test_prepare_datafree_keeps_sensitive_modules_within_budget(tok, tmp_path):
     assert acts and all(q.phase_name == "frozen" and bool(q.initialized) for q in acts)
     assert all(float((q.max_val - q.min_val).max()) > 0 for q in acts)  # ranges observed on data-free inputs
     assert (tmp_path / "sensitivity.md").exists() and (tmp_path / "sensitivity.png").exists()
+
+
+def test_calibration_batches_mix_task_and_multilingual_pseudo_sentences(tok, caplog, tmp_path):
+    from transformers import BertTokenizerFast
+
+    from sdq.quant.datafree import calibration_batches
+
+    task = [{"input_ids": torch.full((2, 5), i + 5), "attention_mask": torch.ones(2, 5, dtype=torch.long)}
+            for i in range(10)]
+    mixed = calibration_batches(task, 3, tok, n_pseudo=10, batch_size=4)
+    assert mixed[:3] == task[:3] and len(mixed) == 3 + 3  # 10 pairs in batches of 4
+    pseudo = datafree_batches(tok, n=10, batch_size=4)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(mixed[3:], pseudo, strict=True))
+    assert calibration_batches(task, 2, tok, n_pseudo=0) == task[:2]
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\ncat\n")
+    with caplog.at_level("WARNING"):  # WordPiece: no unigram scores -> task batches only, with a warning
+        assert calibration_batches(task, 2, BertTokenizerFast(vocab_file=str(vocab_file)), n_pseudo=8) == task[:2]
+    assert "calibrate_multilingual skipped" in caplog.text

@@ -95,6 +95,30 @@ def datafree_batches(tokenizer, n: int = 128, batch_size: int = 32, min_len: int
     return out
 
 
+def calibration_batches(task_loader, n_task: int, tokenizer, n_pseudo: int = 0,
+                        batch_size: int = 32) -> list[dict[str, torch.Tensor]]:
+    """The first ``n_task`` task batches plus ``n_pseudo`` multilingual pseudo-sentence pairs.
+
+    Static activation ranges calibrated on the English training batches alone clip other scripts'
+    activations (zero-shot: the test languages are never seen); the pseudo-sentences from the
+    tokenizer's unigram model cover ~100 languages without reading any task example. A tokenizer
+    without unigram scores (e.g. WordPiece) falls back to the task batches, with a warning.
+
+    >>> batches = calibration_batches(dm.train_dataloader(), 16, tokenizer, n_pseudo=128)
+    """
+    from itertools import islice
+
+    from sdq.errors import SdqModelError
+
+    batches = list(islice(iter(task_loader), n_task)) if n_task > 0 else []
+    if n_pseudo > 0:
+        try:
+            batches += datafree_batches(tokenizer, n=n_pseudo, batch_size=batch_size)
+        except SdqModelError as e:
+            log.warning("calibrate_multilingual skipped (%s): calibrating on task batches only", e)
+    return batches
+
+
 def prepare_datafree(model: nn.Module, qcfg: QuantConfig, tokenizer, opts: dict | None = None,
                      out_dir: str | Path | None = None) -> QuantReport:
     """Sensitivity probe on data-free inputs, keep the most sensitive modules FP within the budget (added to
