@@ -17,7 +17,7 @@ W8A8 = {"weight": {"bits": 8, "granularity": "channel"},
         "act": {"bits": 8, "symmetric": False, "observer": "ema"},
         "embedding": {"bits": 8, "granularity": "row"}}
 W4 = {"weight": {"bits": 4, "granularity": "channel"}, "embedding": {"bits": 4, "granularity": "row"}}
-MIXED = {"weight": {"bits": 2, "scheme": "kmeans", "granularity": "channel"},
+MIXED = {"weight": {"bits": 2, "scheme": "kmeans", "granularity": "channel", "kmeans_weighting": "act"},
          "embedding": {"bits": 2, "scheme": "binary", "granularity": "row"},
          "overrides": {r"layer\.1\.output": {"bits": 3, "scheme": "uniform"}}}
 

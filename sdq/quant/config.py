@@ -40,7 +40,7 @@ class QuantizerConfig:
     ``kmeans_weighting`` act: Lloyd centroids weighted by each weight column's mean squared input
     activation from the calibration batches, so k-means minimises the Linear's output error
     E||(W - W_hat) x||^2 (diagonal approximation, as SqueezeLLM/GPTQ) instead of the weight error;
-    none: plain k-means (embedding tables always).
+    none: plain k-means (embedding tables always; other schemes ignore it, e.g. a uniform override).
     ``refit_every`` N>0 re-fits weight ranges/centroids/alphas every N training steps outside calibrate
     (0: only in the calibrate phase).
 
