@@ -19,7 +19,7 @@ from omegaconf import DictConfig, open_dict
 from sdq.config import fingerprint, plain_config, quant_dict, resolve_config
 from sdq.data.tasks import get_task
 from sdq.lit.stage import build_datamodule, fit_and_test, make_module
-from sdq.models import build_model, load_tokenizer, resolve_backbone
+from sdq.models import build_model, load_tokenizer, resolve_backbone, set_dropout
 from sdq.results import build_results, print_table, write_results
 from sdq.teacher import calibrate, load_weights, obtain_teacher
 
@@ -54,6 +54,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         student = copy.deepcopy(teacher)
     else:
         student = build_model(backbone, spec.kind, dm.num_labels)
+    if method.get("student_dropout") is not None:  # e.g. 0: distil without dropout noise in the student
+        set_dropout(student, float(method.student_dropout))
 
     report = None
     if method.quantize:

@@ -245,3 +245,20 @@ def test_offline_hub_name_loads_from_hf_cache(monkeypatch, tmp_path, sdq_cache):
 def test_model_errors_wraps_loader_errors():
     with pytest.raises(SdqModelError, match="'x/y'.*OSError: boom"), hub.model_errors("x/y"):
         raise OSError("boom\nlong traceback text")
+
+
+def test_set_dropout_makes_the_train_mode_forward_deterministic():
+    from tiny import xlmr
+
+    from sdq.models import set_dropout
+
+    model = xlmr()
+    ids = torch.randint(3, 120, (4, 9))
+    ref = model(input_ids=ids).logits
+    model.train()
+    torch.manual_seed(1)
+    assert not torch.allclose(model(input_ids=ids).logits, ref)  # default dropout 0.1 changes the output
+    assert set_dropout(model, 0.0) > 0 and model.config.hidden_dropout_prob == 0.0
+    torch.testing.assert_close(model(input_ids=ids).logits, ref, atol=1e-6, rtol=0)
+    with pytest.raises(SdqConfigError, match="dropout 1.5 must be in"):
+        set_dropout(model, 1.5)

@@ -12,8 +12,9 @@ from sdq.models.backbone import (
     ensure_tiny,
     load_tokenizer,
     resolve_backbone,
+    set_dropout,
 )
 from sdq.models.embedded import ensure_me5_small
 
 __all__ = ["EMBEDDED_ALIASES", "HEADS", "HUB_ALIASES", "build_model", "ensure_me5_small", "ensure_tiny",
-           "load_tokenizer", "resolve_backbone"]
+           "load_tokenizer", "resolve_backbone", "set_dropout"]

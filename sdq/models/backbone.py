@@ -128,3 +128,23 @@ def build_model(name_or_path: str, head: Head, num_labels: int, cache_dir: str |
     auto = AutoModelForTokenClassification if head == "token_cls" else AutoModelForSequenceClassification
     with model_errors(resolved):
         return auto.from_pretrained(resolved, num_labels=int(num_labels), **{**_load_kwargs(resolved), **kw})
+
+
+def set_dropout(model, p: float) -> int:
+    """Set every ``nn.Dropout`` (hidden, attention probabilities, head) of ``model`` to ``p`` and the HF
+    config's dropout fields with it; returns the number of Dropout modules changed.
+
+    >>> set_dropout(student, 0.0)   # distil a deterministic student: its train-mode forward = eval-mode
+    """
+    from torch import nn
+
+    if not 0.0 <= float(p) < 1.0:
+        raise SdqConfigError(f"dropout {p} must be in [0, 1)")
+    mods = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    for m in mods:
+        m.p = float(p)
+    cfg = getattr(model, "config", None)
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+        if cfg is not None and getattr(cfg, key, None) is not None:
+            setattr(cfg, key, float(p))
+    return len(mods)
