@@ -180,3 +180,32 @@ def test_quant_noise_fraction_and_eval_all_quantized():
     ql.train()
     outs = {tuple(ql(x).flatten().tolist()) for _ in range(6)}
     assert len(outs) > 1  # random block choice each step
+
+
+def test_calibration_refits_a_weight_only_when_it_changed_or_uses_inputs(monkeypatch):
+    """A per-tensor k-means embedding table is fitted once by prepare, not at every calibration batch;
+    an in-place weight update (optimizer step, load) triggers a re-fit; activation-weighted k-means
+    re-fits as its input statistics grow."""
+    from sdq.quant import QuantEmbedding
+
+    fits = []
+    original = KMeansQuantizer._fit
+    monkeypatch.setattr(KMeansQuantizer, "_fit", lambda self, x, g: fits.append(tuple(x.shape)) or original(self, x, g))
+    torch.manual_seed(0)
+    emb = QuantEmbedding.from_embedding(nn.Embedding(50, 8), QuantizerConfig(bits=2, scheme="kmeans"))
+    assert fits == [(1, 400)]  # prepare's fit
+    set_phase(emb, "calibrate")
+    for _ in range(3):
+        emb(torch.randint(0, 50, (2, 5)))
+    assert fits == [(1, 400)]
+    with torch.no_grad():
+        emb.weight.mul_(2.0)
+    emb(torch.randint(0, 50, (2, 5)))
+    assert fits == [(1, 400)] * 2
+    ql = QuantLinear.from_linear(nn.Linear(8, 4), QuantizerConfig(bits=2, scheme="kmeans", granularity="channel",
+                                                                   kmeans_weighting="act"))
+    set_phase(ql, "calibrate")
+    fits.clear()
+    ql(torch.randn(3, 8))
+    ql(torch.randn(3, 8))
+    assert fits == [(4, 8)] * 2 and float(ql.weight_quantizer.in_count) == 6

@@ -35,6 +35,7 @@ class QuantizerBase(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("step", torch.tensor(0, dtype=torch.long))
         self._phase, self._enabled, self._initialized = 0, True, False  # host mirrors: no GPU syncs
+        self._fit_key: tuple | None = None  # (storage, version, shape) of the weight last fitted
         self.n_groups, self.group_numel = self._layout()
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
@@ -125,9 +126,16 @@ class QuantizerBase(nn.Module):
         self._enabled = bool(enabled)
         self.enabled.fill_(self._enabled)
 
-    def _needs_fit(self) -> bool:
-        if self._phase == 0 or not self._initialized:
+    fits_on_data = False  # True: the weight fit also uses calibration inputs (activation-weighted k-means)
+
+    def _needs_fit(self, x: torch.Tensor | None = None) -> bool:
+        """Calibrate phase: activations always; a weight only when it changed since its last fit (its
+        storage/version counter; an unchanged 250k-row table is not re-fitted every batch) or when its fit
+        uses calibration inputs. Later: LSQ never, others every ``refit_every`` training steps."""
+        if not self._initialized:
             return True
+        if self._phase == 0:
+            return self.kind == "act" or self.fits_on_data or x is None or _key(x) != self._fit_key
         if self.cfg.scheme == "lsq" and self._phase == 2:
             return False
         every = self.cfg.refit_every
@@ -140,11 +148,12 @@ class QuantizerBase(nn.Module):
             return x
         x2d = self.view2d(x)
         gidx = self.group_index(rows)
-        if self._needs_fit():
+        if (rows is None or gidx is not None) and self._needs_fit(x):  # per-tensor params: never from a subset
             with torch.no_grad():
                 self._fit(x2d.detach(), gidx)
                 if gidx is None:
                     self._mark_initialized()
+                    self._fit_key = _key(x) if self.kind == "weight" else None  # (no version in inference mode)
         if self.training:
             self.step += 1
         return self.unview(self._quantize(x2d, gidx), x)
@@ -154,6 +163,7 @@ class QuantizerBase(nn.Module):
         """Fit params to a full weight now (prepare does this once for every weight quantizer)."""
         self._fit(self.view2d(w.detach()), None)
         self._mark_initialized()
+        self._fit_key = _key(w)
 
     def _fit(self, x2d: torch.Tensor, gidx: torch.Tensor | None) -> None:
         raise NotImplementedError
@@ -173,6 +183,11 @@ class QuantizerBase(nn.Module):
         if c.scheme in ("uniform", "lsq"):
             parts += [f"symmetric={c.symmetric}", f"observer={c.observer}"]
         return ", ".join(parts + [f"phase={self.phase_name}"])
+
+
+def _key(x: torch.Tensor) -> tuple:
+    """Identity of a tensor's current contents: storage pointer, in-place version counter, shape."""
+    return x.data_ptr(), x._version, tuple(x.shape)
 
 
 def chunks(n: int, per: int, limit: int = 1 << 24):

@@ -127,7 +127,7 @@ class QuantEmbedding(_QuantWeightMixin, nn.Embedding):
         q = self.weight_quantizer
         if q is None or not q._enabled:
             return super().forward(ids)
-        if q.cfg.granularity == "tensor" and q._needs_fit():  # a per-tensor fit needs the whole table
+        if q.cfg.granularity == "tensor" and q._needs_fit(self.weight):  # a per-tensor fit needs the whole table
             return TF.embedding(ids, self._noisy(self.weight, q(self.weight)), self.padding_idx)
         uniq, inv = torch.unique(ids, return_inverse=True)  # (U,), ids.shape
         rows = self.weight[uniq]  # (U, H)

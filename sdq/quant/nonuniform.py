@@ -83,7 +83,8 @@ class KMeansQuantizer(_CodebookQuantizer):
         super().__init__(cfg, shape, kind)
         k = cfg.levels
         self.register_buffer("codebook_", torch.linspace(-1, 1, k).repeat(self.n_groups, 1))
-        if cfg.kmeans_weighting == "act":
+        self.fits_on_data = cfg.kmeans_weighting == "act"
+        if self.fits_on_data:
             self.register_buffer("in_sq", torch.zeros(self.shape[-1]))
             self.register_buffer("in_count", torch.zeros(()))
 
