@@ -126,16 +126,14 @@ class QuantizerBase(nn.Module):
         self._enabled = bool(enabled)
         self.enabled.fill_(self._enabled)
 
-    fits_on_data = False  # True: the weight fit also uses calibration inputs (activation-weighted k-means)
-
     def _needs_fit(self, x: torch.Tensor | None = None) -> bool:
         """Calibrate phase: activations always; a weight only when it changed since its last fit (its
-        storage/version counter; an unchanged 250k-row table is not re-fitted every batch) or when its fit
-        uses calibration inputs. Later: LSQ never, others every ``refit_every`` training steps."""
+        storage/version counter: an unchanged 250k-row table is not re-fitted every batch). Later: LSQ
+        never, others every ``refit_every`` training steps."""
         if not self._initialized:
             return True
         if self._phase == 0:
-            return self.kind == "act" or self.fits_on_data or x is None or _key(x) != self._fit_key
+            return self.kind == "act" or x is None or _key(x) != self._fit_key
         if self.cfg.scheme == "lsq" and self._phase == 2:
             return False
         every = self.cfg.refit_every

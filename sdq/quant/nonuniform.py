@@ -84,6 +84,7 @@ class KMeansQuantizer(_CodebookQuantizer):
         k = cfg.levels
         self.register_buffer("codebook_", torch.linspace(-1, 1, k).repeat(self.n_groups, 1))
         self.fits_on_data = cfg.kmeans_weighting == "act"
+        self._fitted_count = 0.0  # inputs seen at the last weighted fit (host)
         if self.fits_on_data:
             self.register_buffer("in_sq", torch.zeros(self.shape[-1]))
             self.register_buffer("in_count", torch.zeros(()))
@@ -112,8 +113,17 @@ class KMeansQuantizer(_CodebookQuantizer):
         imp = imp.clamp_min(1e-6 * float(imp.mean()) + 1e-12)  # dead inputs keep a tiny weight
         return self.view2d(imp.expand(self.shape))
 
+    def _needs_fit(self, x: torch.Tensor | None = None) -> bool:
+        """Weighted k-means in the calibrate phase: re-fit each time the inputs seen have doubled (1, 2,
+        4, ... batches); ``set_phase`` out of calibrate does the final fit on all of them."""
+        if self.fits_on_data and self._phase == 0 and self._initialized:
+            return float(self.in_count) >= 2 * max(self._fitted_count, 0.5)
+        return super()._needs_fit(x)
+
     def _fit(self, x2d: torch.Tensor, gidx: torch.Tensor | None) -> None:
         imp = self.importance()
+        if self.fits_on_data:
+            self._fitted_count = float(self.in_count)
         if imp is None:
             return super()._fit(x2d, gidx)
         x2d, imp = x2d.float(), self.take(imp, gidx)

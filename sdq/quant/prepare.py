@@ -92,6 +92,11 @@ def set_phase(model: nn.Module, phase: str, pattern: str | None = None) -> None:
 
     if phase not in PHASES:
         raise SdqConfigError(f"quant phase {phase!r} is unknown; choose one of: {', '.join(PHASES)}")
+    for name, m in model.named_modules():  # leaving calibrate: input-weighted weight fits on all inputs seen
+        q = getattr(m, "weight_quantizer", None)
+        if (isinstance(m, QuantLinear) and getattr(q, "fits_on_data", False) and q._phase == 0 and phase != "calibrate"
+                and (pattern is None or re.search(pattern, f"{name}.weight_quantizer"))):
+            q.calibrate_(m.weight)
     for name, q in quantizers(model):
         if pattern is None or re.search(pattern, name):
             q.set_phase(phase)
