@@ -4,8 +4,9 @@ Both steps go through the same ``SDQModule.training_step`` + backward + AdamW st
 ``train.py`` runs: the FP step trains the plain model with cross-entropy (``method=fp``); the
 SDQ step runs the frozen FP teacher forward, the fake-quantized student forward/backward and
 the method's losses (default ``method=sdq quant=w8a8``: CE + logits KL + self-attention output
-MSE at every layer). Steps are timed round-robin (FP, SDQ, FP, SDQ, ...) after warm-up, so load
-from other processes hits both alike; the ratio of medians is printed.
+MSE at every layer), with the method's ``student_dropout`` as ``train.py`` applies it. Steps are
+timed round-robin (FP, SDQ, FP, SDQ, ...) after warm-up, so load from other processes hits both
+alike; the ratio of medians is printed.
 
     python benchmarks/train_overhead.py                          # me5_small, batch 32 x 128, CPU
     python benchmarks/train_overhead.py --method qat --quant w4a8 --steps 5
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> float:
     import hydra
 
     from sdq.config import quant_dict
-    from sdq.models import build_model, resolve_backbone
+    from sdq.models import build_model, resolve_backbone, set_dropout
     from sdq.quant import QuantConfig, prepare
     from sdq.teacher import calibrate
 
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> float:
 
     teacher = copy.deepcopy(fp_model)
     student = copy.deepcopy(fp_model)
+    if cfg.method.get("student_dropout") is not None:  # as train.py does (conf/method/ptq.yaml)
+        set_dropout(student, float(cfg.method.student_dropout))
     report = prepare(student, QuantConfig.from_dict(quant_dict(cfg)))
     calibrate(student, batches, 2, learn=True)
     fp_loss = hydra.utils.instantiate({"_target_": "sdq.distill.DistillLoss", "ce": 1.0})
