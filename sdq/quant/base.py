@@ -126,14 +126,14 @@ class QuantizerBase(nn.Module):
         self._enabled = bool(enabled)
         self.enabled.fill_(self._enabled)
 
-    def _needs_fit(self, x: torch.Tensor | None = None) -> bool:
+    def _needs_fit(self, x: torch.Tensor) -> bool:
         """Calibrate phase: activations always; a weight only when it changed since its last fit (its
         storage/version counter: an unchanged 250k-row table is not re-fitted every batch). Later: LSQ
         never, others every ``refit_every`` training steps."""
         if not self._initialized:
             return True
         if self._phase == 0:
-            return self.kind == "act" or x is None or _key(x) != self._fit_key
+            return self.kind == "act" or tensor_key(x) != self._fit_key
         if self.cfg.scheme == "lsq" and self._phase == 2:
             return False
         every = self.cfg.refit_every
@@ -151,7 +151,7 @@ class QuantizerBase(nn.Module):
                 self._fit(x2d.detach(), gidx)
                 if gidx is None:
                     self._mark_initialized()
-                    self._fit_key = _key(x) if self.kind == "weight" else None  # (no version in inference mode)
+                    self._fit_key = tensor_key(x) if self.kind == "weight" else None  # (no version in inference mode)
         if self.training:
             self.step += 1
         return self.unview(self._quantize(x2d, gidx), x)
@@ -161,7 +161,7 @@ class QuantizerBase(nn.Module):
         """Fit params to a full weight now (prepare does this once for every weight quantizer)."""
         self._fit(self.view2d(w.detach()), None)
         self._mark_initialized()
-        self._fit_key = _key(w)
+        self._fit_key = tensor_key(w)
 
     def _fit(self, x2d: torch.Tensor, gidx: torch.Tensor | None) -> None:
         raise NotImplementedError
@@ -183,7 +183,7 @@ class QuantizerBase(nn.Module):
         return ", ".join(parts + [f"phase={self.phase_name}"])
 
 
-def _key(x: torch.Tensor) -> tuple:
+def tensor_key(x: torch.Tensor) -> tuple:
     """Identity of a tensor's current contents: storage pointer, in-place version counter, shape."""
     return x.data_ptr(), x._version, tuple(x.shape)
 

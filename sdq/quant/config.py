@@ -188,12 +188,12 @@ class QuantConfig:
                     raise SdqConfigError(f"quant.{part} must be a QuantizerConfig or null, got {sub!r}")
                 sub.validate(f"quant.{part}")
         _check_activation(self.act, "quant.act", ("tensor", "channel"))
+        _check_activation(self.attention, "quant.attention", ("tensor",))
         for part in ("weight", "embedding"):
             sub = getattr(self, part)
             if sub is not None and sub.kmeans_weighting != "none" and (part == "embedding" or sub.scheme != "kmeans"):
                 raise SdqConfigError(f"quant.{part}.kmeans_weighting={sub.kmeans_weighting!r} applies to k-means "
                                      "Linear weights only (quant.weight with scheme=kmeans); set it to none here")
-        _check_activation(self.attention, "quant.attention", ("tensor",))
         if not isinstance(self.skip, list | tuple):
             raise SdqConfigError(f"quant.skip={self.skip!r} must be a list of module-name regexes")
         for pattern in list(self.skip) + list(self.overrides):

@@ -28,12 +28,17 @@ class _CodebookQuantizer(QuantizerBase):
         """Sorted codebook (G', K) and, for binary codes, the sign-pattern index of each entry."""
         raise NotImplementedError
 
-    def _fit_groups(self, x2d: torch.Tensor) -> torch.Tensor:
+    def _fit_groups(self, x2d: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
+    def _fit_weights(self, gidx: torch.Tensor | None) -> torch.Tensor | None:
+        """Per-value weights (G', n) for the fit, or None (every value counts the same)."""
+        return None
+
     def _fit(self, x2d: torch.Tensor, gidx: torch.Tensor | None) -> None:
-        x2d = x2d.float()
-        out = torch.cat([self._fit_groups(x2d[s]) for s in chunks(x2d.shape[0], x2d.shape[1])], 0)
+        x2d, w = x2d.float(), self._fit_weights(gidx)
+        out = torch.cat([self._fit_groups(x2d[s], None if w is None else w[s])
+                         for s in chunks(x2d.shape[0], x2d.shape[1])], 0)
         self.put_(self.params, gidx, out)
 
     @property
@@ -99,41 +104,33 @@ class KMeansQuantizer(_CodebookQuantizer):
     @torch.no_grad()
     def observe_input(self, x: torch.Tensor) -> None:
         """Accumulate E[x_j^2] per input feature j from Linear inputs x (..., C) (calibrate phase only)."""
-        if self.cfg.kmeans_weighting != "act" or self._phase != 0 or not self._enabled:
+        if not self.fits_on_data or self._phase != 0 or not self._enabled:
             return
         x2 = x.detach().float().reshape(-1, x.shape[-1])  # (N, C)
         self.in_sq += x2.pow(2).sum(0)
         self.in_count += x2.shape[0]
 
-    def importance(self) -> torch.Tensor | None:
-        """Per-value weights in the grouped layout (G, n), or None (plain k-means / no inputs seen)."""
-        if self.cfg.kmeans_weighting != "act" or float(self.in_count) == 0:
+    def _fit_weights(self, gidx: torch.Tensor | None) -> torch.Tensor | None:
+        """Mean squared input of each value's column in the grouped layout (G', n); None for plain
+        k-means or before any input was seen."""
+        if not self.fits_on_data:
+            return None
+        self._fitted_count = float(self.in_count)
+        if self._fitted_count == 0:
             return None
         imp = self.in_sq / self.in_count  # (C,)
         imp = imp.clamp_min(1e-6 * float(imp.mean()) + 1e-12)  # dead inputs keep a tiny weight
-        return self.view2d(imp.expand(self.shape))
+        return self.take(self.view2d(imp.expand(self.shape)), gidx)
 
-    def _needs_fit(self, x: torch.Tensor | None = None) -> bool:
+    def _needs_fit(self, x: torch.Tensor) -> bool:
         """Weighted k-means in the calibrate phase: re-fit each time the inputs seen have doubled (1, 2,
         4, ... batches); ``set_phase`` out of calibrate does the final fit on all of them."""
         if self.fits_on_data and self._phase == 0 and self._initialized:
             return float(self.in_count) >= 2 * max(self._fitted_count, 0.5)
         return super()._needs_fit(x)
 
-    def _fit(self, x2d: torch.Tensor, gidx: torch.Tensor | None) -> None:
-        imp = self.importance()
-        if self.fits_on_data:
-            self._fitted_count = float(self.in_count)
-        if imp is None:
-            return super()._fit(x2d, gidx)
-        x2d, imp = x2d.float(), self.take(imp, gidx)
-        c = self.cfg
-        out = torch.cat([F.kmeans_fit(x2d[s], c.levels, c.kmeans_iters, c.kmeans_init, imp[s])
-                         for s in chunks(x2d.shape[0], x2d.shape[1])], 0)
-        self.put_(self.params, gidx, out)
-
-    def _fit_groups(self, x2d: torch.Tensor) -> torch.Tensor:
-        return F.kmeans_fit(x2d, self.cfg.levels, self.cfg.kmeans_iters, self.cfg.kmeans_init)
+    def _fit_groups(self, x2d: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        return F.kmeans_fit(x2d, self.cfg.levels, self.cfg.kmeans_iters, self.cfg.kmeans_init, weight)
 
     def storage_bits(self) -> tuple[float, float]:
         return float(self.cfg.bits), float(self.n_groups * self.cfg.levels * 32)
@@ -158,8 +155,8 @@ class BinaryCodeQuantizer(_CodebookQuantizer):
     def codebook(self, gidx=None):
         return F.binary_codebook(self.take(self.alpha, gidx))
 
-    def _fit_groups(self, x2d: torch.Tensor) -> torch.Tensor:
-        return F.binary_fit(x2d, self.cfg.bits, self.cfg.binary_iters)
+    def _fit_groups(self, x2d: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        return F.binary_fit(x2d, self.cfg.bits, self.cfg.binary_iters)  # weight: always None here
 
     def storage_bits(self) -> tuple[float, float]:
         return float(self.cfg.bits), float(self.n_groups * self.cfg.bits * 32)

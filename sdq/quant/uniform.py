@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from sdq.quant import functional as F
-from sdq.quant.base import QuantizerBase
+from sdq.quant.base import QuantizerBase, tensor_key
 from sdq.quant.config import QuantizerConfig
 
 
@@ -47,7 +47,7 @@ class UniformQuantizer(QuantizerBase):
         ``row_bits`` was written or moved (its storage or version counter changed), so no per-call sync."""
         if self.row_bits is None:
             return True
-        key = (self.row_bits.data_ptr(), self.row_bits._version)
+        key = tensor_key(self.row_bits)
         if key != self._rows_key:
             self._rows_key, self._rows_uniform = key, bool((self.row_bits == self.cfg.bits).all())
         return self._rows_uniform
