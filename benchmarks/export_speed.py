@@ -1,7 +1,7 @@
 """CPU speed and size of exported students vs FP32 torch and the int8 tools a user would pick instead.
 
 One run, same model, same inputs, same threads: torch FP32; our exported W8A8 (static int8 onnxruntime
-with the student's own scales) and W4 (weight-only, dequantized float weights in onnxruntime); torch
+with the student's own scales; and in torch, int8 GEMMs, bit-identical to the student) and W4 (weight-only, dequantized float weights in onnxruntime); torch
 ``quantize_dynamic`` int8; onnxruntime ``quantize_dynamic`` int8 on the plain ONNX export. Latency at
 batch 1 and throughput at batch 32 (seq 128), timed round-robin (min of ``--reps``) so that load from
 other processes hits every variant alike; packed checkpoint sizes at W8/W4/W2 vs the fp32 checkpoint;
@@ -85,7 +85,7 @@ def main() -> None:
     logging.disable(logging.WARNING)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     torch.set_num_threads(args.threads)
-    from sdq.export import check_agreement, export_quantized
+    from sdq.export import check_agreement, export_quantized, load_quantized
     from sdq.export.ort_model import OrtModel, ort_session
     from sdq.models import build_model
 
@@ -118,8 +118,10 @@ def main() -> None:
             if onnx:
                 models[f"ours_{tag}_onnx"] = OrtModel(tmp / tag / "model.onnx", threads=args.threads)
             if act:
-                ag = check_agreement(s, models[f"ours_{tag}_onnx"], calib[:2], raise_on_fail=False)
-                res["agreement_w8a8"] = {k: ag[k] for k in ("max_logit_diff", "prediction_agreement")}
+                models[f"ours_{tag}_torch_int8"] = load_quantized(tmp / tag, backend="int8")
+                for backend in ("onnx", "torch_int8"):
+                    ag = check_agreement(s, models[f"ours_{tag}_{backend}"], calib[:2], raise_on_fail=False)
+                    res[f"agreement_w8a8_{backend}"] = {k: ag[k] for k in ("max_logit_diff", "prediction_agreement")}
             del s
         res["sizes"] = sizes
         models["torch_quantize_dynamic"] = torch.ao.quantization.quantize_dynamic(
@@ -154,7 +156,8 @@ def main() -> None:
     for tag, s in sizes.items():
         if isinstance(s, dict):
             print(f"{tag} checkpoint: {s['packed_MB']:.1f} MB, fp32/{tag} size: {s['ratio_vs_fp32_checkpoint']:.2f}x")
-    print(f"int8 vs student: {json.dumps(res.get('agreement_w8a8'))}")
+    for backend in ("onnx", "torch_int8"):
+        print(f"int8 {backend} vs student: {json.dumps(res.get(f'agreement_w8a8_{backend}'))}")
     print(f"total benchmark time {time.time() - t0:.0f}s")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))

@@ -186,3 +186,39 @@ def test_non_uniform_weights_with_int8_acts_run_as_qdq_in_onnx(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(load_quantized(tmp_path, backend="onnx")(**b).logits, student(**b).logits,
                                    atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("act_gran,kind", [("tensor", "Int8Linear"), ("channel", "ActQuantLinear")])
+@pytest.mark.parametrize("head", ["seq_cls", "token_cls"])
+def test_int8_backend_logits_equal_the_students(tmp_path, act_gran, kind, head):
+    quant = {**W8A8, "act": {**W8A8["act"], "granularity": act_gran}}
+    student = make_student(quant, head=head, labels=3)
+    export_quantized(student, tmp_path, onnx=False)
+    exact = load_quantized(tmp_path, backend="int8")
+    assert type(exact.roberta.encoder.layer[1].output.dense).__name__ == kind
+    with torch.no_grad():
+        for s in range(3):  # padded batches of several shapes, inputs beyond the calibrated ranges
+            b = batch(n=3 + s, t=9 + 4 * s, seed=10 + s)
+            assert torch.equal(exact(**b).logits, student(**b).logits)
+    res = check_agreement(student, exact, [batch(seed=s) for s in range(3)])
+    assert res["max_logit_diff"] == 0.0 and res["prediction_agreement"] == 100.0
+
+
+def test_int8_backend_mixed_schemes_and_attention_quantizers(tmp_path):
+    quant = {"weight": {"bits": 3, "scheme": "kmeans", "granularity": "channel"},
+             "act": {"bits": 8, "symmetric": False, "observer": "ema"},
+             "overrides": {r"layer\.1\.output": {"bits": 8, "scheme": "uniform"}}}
+    student = make_student(quant)
+    export_quantized(student, tmp_path / "mixed", onnx=False)
+    exact = load_quantized(tmp_path / "mixed", backend="int8")
+    layer = exact.roberta.encoder.layer
+    assert type(layer[1].output.dense).__name__ == "Int8Linear"
+    assert type(layer[0].output.dense).__name__ == "ActQuantLinear"  # k-means weight: fake-quant input
+    with torch.no_grad():
+        assert torch.equal(exact(**batch()).logits, student(**batch()).logits)
+    attn = make_student({**W8A8, "attention": {"bits": 8, "symmetric": False}})
+    export_quantized(attn, tmp_path / "attn", onnx=False)
+    with pytest.raises(SdqError, match="backend=onnx"):
+        load_quantized(tmp_path / "attn", backend="int8")
+    with pytest.raises(SdqError, match="unknown; use one of: torch, int8, onnx"):
+        load_quantized(tmp_path / "mixed", backend="tensorrt")

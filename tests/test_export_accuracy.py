@@ -146,10 +146,10 @@ def test_cli_check_test_reports_every_language(xnli_ckpt, tmp_path, capsys):
     ckpt, _, student = xnli_ckpt
     res = main([f"ckpt={ckpt}", f"out={tmp_path / 'export'}", "check=test"])
     ag = res["agreement"]
-    assert ag["split"] == "test" and ag["backend"] == "onnx" and ag["verdict"]["ok"]
+    assert ag["split"] == "test" and ag["backend"] == "int8" and ag["verdict"]["ok"]
     assert set(ag["per_language"]) == {"en", "ar", "avg"}
     assert all(ag["per_language"][lang]["n"] == 12 for lang in ("en", "ar"))
-    ref = evaluate_languages({"student": student, "ours": load_quantized(tmp_path / "export", backend="onnx")},
+    ref = evaluate_languages({"student": student, "ours": load_quantized(tmp_path / "export", backend="int8")},
                              task_batches(ckpt, "test"))
     for lang in ("en", "ar"):
         assert ag["per_language"][lang]["metric"] == ref["ours"][lang]["metric"]

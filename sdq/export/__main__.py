@@ -1,9 +1,10 @@
 """``python -m sdq.export ckpt=<student ckpt> out=<dir> [onnx=auto|true|false] [check=true|test|false] [batches=8]
-[tol=0.1] [backend=onnx|torch]``
+[tol=0.1] [backend=int8|onnx|torch]``
 
 Packs the checkpoint's fake-quantized student (``sdq.lit.restore.load_student``), prints the size table
-per module kind and the whole-model ratio, then evaluates the exported model (the int8 ONNX model when
-written, else the dequantized torch model) and the student on the same dev batches of the run's task
+per module kind and the whole-model ratio, then evaluates the exported model (``backend=int8`` by default when activations are quantized: torch
+int8 GEMMs, bit-identical to the student; ``onnx``: the int8 onnxruntime model; ``torch``: dequantized
+weights only) and the student on the same dev batches of the run's task
 (``batches`` of them): max logit difference and accuracy difference; exit status 2 (one ``error:`` line)
 when the accuracy differs by more than ``tol`` points. ``check=test``: the same on the task's whole TEST
 split of every language, per-language table (see :mod:`sdq.export.accuracy`), error when any language
@@ -37,6 +38,8 @@ def parse_args(argv: list[str]) -> dict:
             raise SdqConfigError(f"{key}= is required; {USAGE}")
     if args["check"] not in ("true", "false", "test"):
         raise SdqConfigError(f"check={args['check']} must be true (dev batches), test (every language) or false")
+    if args["backend"] is not None and args["backend"] not in ("int8", "onnx", "torch"):
+        raise SdqConfigError(f"backend={args['backend']} must be int8, onnx or torch")
     if args["onnx"] not in ("auto", "true", "false"):
         raise SdqConfigError(f"onnx={args['onnx']} must be auto, true or false")
     try:
@@ -44,6 +47,14 @@ def parse_args(argv: list[str]) -> dict:
     except ValueError:
         raise SdqConfigError(f"batches= must be an integer and tol= a number; {USAGE}") from None
     return args
+
+
+def default_backend(report) -> str:
+    """int8 (bit-identical to the student) when the export quantizes Linear inputs and no attention
+    internals; else the ONNX model when written; else torch (dequantized weights)."""
+    if report.quantized_inputs and not report.attention_quantized:
+        return "int8"
+    return "onnx" if report.onnx else "torch"
 
 
 def dev_batches(ckpt: str, n: int) -> list[dict]:
@@ -74,7 +85,7 @@ def check_test_split(student, report, args: dict) -> dict:
     from sdq.lit.restore import checkpoint_config
 
     spec = get_task(checkpoint_config(args["ckpt"]).task.name)
-    backend = args["backend"] or ("onnx" if report.onnx else "torch")
+    backend = args["backend"] or default_backend(report)
     models = {"student": student, f"exported_{backend}": load_quantized(args["out"], backend=backend)}
     res = evaluate_languages(models, task_batches(args["ckpt"], "test"), head=spec.kind, metric=spec.metric,
                              label_names=tuple(spec.labels), reference="student")
@@ -106,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args["check"] == "test":
         report.agreement = check_test_split(student, report, args)
     elif args["check"] == "true" and args["batches"] > 0:
-        backend = args["backend"] or ("onnx" if report.onnx else "torch")
+        backend = args["backend"] or default_backend(report)
         exported = load_quantized(args["out"], backend=backend)
         res = check_agreement(student, exported, dev_batches(args["ckpt"], args["batches"]), tol=args["tol"])
         report.agreement = {"backend": backend, **res}

@@ -1,11 +1,14 @@
 """``load_quantized``: a runnable model from an export directory, verified against its sha256 manifest.
 
 ``backend="torch"`` dequantizes every packed tensor into a plain HF model built from the saved config
-(bit-exact with the fake-quantized student's ``strip()`` weights); ``backend="onnx"`` runs the
-directory's integer ``model.onnx`` with onnxruntime on CPU. Both answer ``model(input_ids,
-attention_mask).logits``.
+(bit-exact with the fake-quantized student's ``strip()`` weights; activation quantization dropped);
+``backend="int8"`` is that model with the student's activation quantization and int8 x int8 -> int32
+GEMMs (:mod:`sdq.export.torch_int8`): its logits equal the student's; ``backend="onnx"`` runs the
+directory's integer ``model.onnx`` with onnxruntime on CPU (fastest, float rounding of its own). All answer
+``model(input_ids, attention_mask).logits``.
 
 >>> model = load_quantized("export/xnli_w8a8")                   # torch, dequantized weights
+>>> exact = load_quantized("export/xnli_w8a8", backend="int8")    # torch int8 GEMMs, = the student
 >>> fast = load_quantized("export/xnli_w8a8", backend="onnx")     # int8 onnxruntime
 """
 
@@ -21,6 +24,8 @@ from torch import nn
 from sdq.errors import SdqError
 from sdq.export.pack import dequantize
 from sdq.export.writer import FORMAT, MANIFEST_FILE, META_FILE, ONNX_FILE, WEIGHTS_FILE, sha256_file
+
+BACKENDS = ("torch", "int8", "onnx")
 
 
 def verify_dir(path: str | Path, need: tuple[str, ...] = (META_FILE, WEIGHTS_FILE, "config.json")) -> Path:
@@ -93,8 +98,8 @@ def build_plain(path: str | Path, meta: dict) -> nn.Module:
 
 def load_quantized(path: str | Path, backend: str = "torch") -> nn.Module:
     """The exported model in eval mode on CPU (see module doc); SdqError on a bad/tampered dir."""
-    if backend not in ("torch", "onnx"):
-        raise SdqError(f"backend={backend!r} is unknown; use backend=torch or backend=onnx")
+    if backend not in BACKENDS:
+        raise SdqError(f"backend={backend!r} is unknown; use one of: {', '.join(BACKENDS)}")
     d = Path(path)
     meta, arrays = read_export(d)
     if backend == "onnx":
@@ -109,6 +114,10 @@ def load_quantized(path: str | Path, backend: str = "torch") -> nn.Module:
     except (RuntimeError, KeyError, ValueError) as exc:
         raise SdqError(f"export {d} does not match its config.json ({str(exc).splitlines()[0]}); "
                        "re-export it with `python -m sdq.export ckpt=... out=...`") from None
+    if backend == "int8":
+        from sdq.export.torch_int8 import int8_model
+
+        return int8_model(model, meta, arrays)
     return model.eval()
 
 

@@ -36,6 +36,8 @@ class ExportReport:
     bits: dict[str, int] = field(default_factory=dict)  # packed tensor -> bits
     files: dict[str, int] = field(default_factory=dict)  # file name -> size on disk
     onnx: dict | None = None  # ONNX integer model: path, size, rewrite counts
+    quantized_inputs: int = 0  # Linears whose input activations the student quantizes
+    attention_quantized: bool = False  # Q/K/V/probs quantizers (backend=int8 does not reproduce them)
     agreement: dict | None = None
 
     @property

@@ -64,7 +64,8 @@ def export_quantized(model: nn.Module, out_dir: str | Path, onnx: bool | str = "
         raise SdqError(f"cannot create export dir {out} ({exc.strerror}); pass out=<writable dir>") from None
     col = collect(model)
     plain = col.plain
-    report = ExportReport(out_dir=str(out))
+    report = ExportReport(out_dir=str(out), quantized_inputs=len(col.acts),
+                          attention_quantized=col.attention_quantized)
     arrays: dict[str, np.ndarray] = {}
     meta_tensors = {}
     for key, (meta, packed) in col.tensors.items():

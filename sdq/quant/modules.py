@@ -14,6 +14,7 @@ from torch import nn
 
 from sdq.quant.base import QuantizerBase
 from sdq.quant.config import QuantizerConfig
+from sdq.quant.intlinear import int_domain_linear, int_domain_ok
 from sdq.quant.nonuniform import make_quantizer
 
 
@@ -41,7 +42,9 @@ class _QuantWeightMixin:
 
 
 class QuantLinear(_QuantWeightMixin, nn.Linear):
-    """nn.Linear with ``weight_quantizer`` and optional input ``act_quantizer``."""
+    """nn.Linear with ``weight_quantizer`` and optional input ``act_quantizer``. In eval mode without grad, a
+    W8A8-style layer (per-tensor input, symmetric uniform weight) computes in the integer domain
+    (:mod:`sdq.quant.intlinear`), bit-identical to its int8 export."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  weight_cfg: QuantizerConfig | None = None, act_cfg: QuantizerConfig | None = None,
@@ -70,6 +73,8 @@ class QuantLinear(_QuantWeightMixin, nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        if not self.training and not torch.is_grad_enabled() and int_domain_ok(self):
+            return int_domain_linear(self, x)  # what the int8 export computes, bit for bit
         if self.act_quantizer is not None:
             x = self.act_quantizer(x)
         w = self.weight

@@ -1,0 +1,75 @@
+"""``backend="int8"``: the exported model in torch, int8 x int8 -> int32 GEMMs, bit-identical to the student.
+
+Every Linear whose input the student quantized per tensor and whose weight is uniform symmetric per
+channel/tensor (<= 8 bits) becomes a :class:`~sdq.quant.intlinear.Int8Linear` built from the packed codes
+(the student's eval forward computes the same integers, :mod:`sdq.quant.intlinear`); other Linears with
+quantized inputs keep the student's activation fake-quant before a float matmul on the dequantized weight.
+Everything else (embeddings dequantized bit-exactly, LayerNorm, attention) is the same HF code as the
+student's, so the logits are equal, not close.
+
+>>> model = int8_model(plain, meta, arrays)        # plain: HF model with the dequantized state loaded
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as TF
+from torch import nn
+
+from sdq.errors import SdqError
+from sdq.export.pack import codes_of
+from sdq.quant.functional import fake_quant
+from sdq.quant.intlinear import Int8Linear
+
+
+class ActQuantLinear(nn.Module):
+    """A Linear whose input is fake-quantized with the student's static params (per tensor or channel)."""
+
+    def __init__(self, linear: nn.Linear, act: dict):
+        super().__init__()
+        self.linear, self.granularity = linear, act["granularity"]
+        self.qmin, self.qmax = float(act["qmin"]), float(act["qmax"])
+        shape = (1, 1) if self.granularity == "tensor" else (1, len(act["scale"]))
+        self.register_buffer("scale", torch.tensor(act["scale"], dtype=torch.float32).reshape(shape))
+        self.register_buffer("zero_point", torch.tensor(act["zero_point"], dtype=torch.float32).reshape(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
+        if self.granularity == "tensor":  # the student's grouped view: (1, numel)
+            xq = fake_quant(x.reshape(1, -1), self.scale, self.zero_point, self.qmin, self.qmax)
+        else:  # (C, N) view of (N, C) memory: per-column params on the (N, C) tensor
+            xq = fake_quant(x.reshape(-1, x.shape[-1]), self.scale, self.zero_point, self.qmin, self.qmax)
+        return TF.linear(xq.reshape(x.shape), self.linear.weight, self.linear.bias)
+
+
+def int8_linear(linear: nn.Linear, key: str, packed: dict | None, act: dict,
+                arrays: dict[str, np.ndarray]) -> Int8Linear | None:
+    """An Int8Linear from a packed weight + per-tensor activation params, or None when not int8-executable."""
+    if (packed is None or act["granularity"] != "tensor" or act["bits"] > 8 or packed["scheme"] != "uniform"
+            or packed["granularity"] not in ("channel", "tensor") or packed["bits"] > 8
+            or f"{key}.zero_point" in arrays or f"{key}.offset" in arrays):
+        return None
+    codes = codes_of(packed, arrays, key).reshape(linear.out_features, linear.in_features)
+    if int(codes.min()) < -128 or int(codes.max()) > 127:
+        return None
+    w_scale = torch.from_numpy(np.array(arrays[f"{key}.scale"])).reshape(-1)
+    bias = None if linear.bias is None else linear.bias.detach()
+    return Int8Linear(codes, w_scale, bias, float(np.float32(act["scale"][0])), act["zero_point"][0],
+                      act["qmin"], act["qmax"])
+
+
+def int8_model(plain: nn.Module, meta: dict, arrays: dict[str, np.ndarray]) -> nn.Module:
+    """Swap the quantized-input Linears of ``plain`` (dequantized state loaded) in place; returns it."""
+    if meta.get("attention_quantized"):
+        raise SdqError("this export quantizes attention internals (Q/K/V/probs), which backend=int8 does not "
+                       "reproduce; load it with backend=onnx")
+    acts = meta.get("acts", {})
+    for name, mod in list(plain.named_modules()):
+        for child, lin in list(mod.named_children()):
+            full = f"{name}.{child}" if name else child
+            if not isinstance(lin, nn.Linear) or full not in acts:
+                continue
+            key = f"{full}.weight"
+            new = int8_linear(lin, key, meta["tensors"].get(key), acts[full], arrays)
+            setattr(mod, child, new if new is not None else ActQuantLinear(lin, acts[full]))
+    return plain.eval()

@@ -1,0 +1,125 @@
+"""Integer-domain W8A8 linear: what an int8 GEMM computes, in the student and in its export, bit for bit.
+
+A :class:`~sdq.quant.QuantLinear` whose input is quantized per tensor (uniform, <= 8 bits) and whose weight
+is uniform symmetric per channel/tensor (<= 8 bits) evaluates (eval mode, no grad) with the scales
+factored out of the sum, as integer hardware does::
+
+    y = (c_x @ c_w^T) * (s_x * s_w) + b,   c_x = clamp(round(x * (1/s_x)) + z, qmin, qmax) - z,
+                                            c_w = clamp(round(w * (1/s_w)), wmin, wmax)
+
+``c_x @ c_w^T`` is an integer, exact in fp32 while |partial sums| < 2^24, so the student's eval forward
+(:func:`int_domain_linear`, fp32 matmul of codes) and :class:`Int8Linear` (``torch._int_mm``, int8 x int8
+-> int32) produce identical floats: the exported model is provably the student. Mathematically it is the
+fake-quantized product ``fq(x) @ fq(w)^T + b``; only float rounding differs from the training forward.
+
+>>> if int_domain_ok(qlinear):                  # per-tensor activations, uniform symmetric weights
+...     y = int_domain_linear(qlinear, x)       # what the student's eval forward does
+>>> i8 = Int8Linear.from_quant_linear(qlinear)  # int8 codes + scales; i8(x) == y exactly
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sdq.quant.uniform import UniformQuantizer
+
+
+def int_domain_ok(layer: nn.Module) -> bool:
+    """True when ``layer`` (a QuantLinear) runs as an int8 GEMM: see the module doc for the conditions."""
+    aq, wq = getattr(layer, "act_quantizer", None), getattr(layer, "weight_quantizer", None)
+    if not (isinstance(aq, UniformQuantizer) and isinstance(wq, UniformQuantizer)):
+        return False
+    if not (aq._enabled and wq._enabled and aq._initialized and wq._initialized):
+        return False
+    if aq._phase == 0 or wq._phase == 0 or aq.sign_mode or wq.sign_mode:  # calibrating: observers must see x
+        return False
+    return (aq.cfg.granularity == "tensor" and aq.cfg.bits <= 8 and wq.cfg.bits <= 8 and wq.cfg.symmetric
+            and wq.cfg.granularity in ("channel", "tensor") and wq.rows_uniform()
+            and layer.weight.dtype == torch.float32)
+
+
+def act_consts(aq: UniformQuantizer) -> tuple[torch.Tensor, float, float, float]:
+    """(1/s_x, z, qmin, qmax) of a per-tensor activation quantizer; 1/s_x as the fake-quant kernel computes it."""
+    qmin, qmax = aq.qrange()
+    return 1.0 / aq.scale.detach().reshape(()), float(aq.zero_point.reshape(())), float(qmin), float(qmax)
+
+
+def weight_codes(wq: UniformQuantizer, w: torch.Tensor) -> torch.Tensor:
+    """Integer codes of a symmetric uniform weight as floats (N, K), exactly ``wq.quantize_int``'s."""
+    qmin, qmax = wq.qrange()
+    s = wq.scale.detach()  # (N, 1) or (1, 1)
+    return torch.clamp(torch.round(w.detach() * (1.0 / s)), qmin, qmax)
+
+
+def combined_scale(aq: UniformQuantizer, wq: UniformQuantizer, out_features: int) -> torch.Tensor:
+    """s_x * s_w per output feature (N,), fp32."""
+    return (aq.scale.detach().reshape(()) * wq.scale.detach().reshape(-1)).expand(out_features).contiguous()
+
+
+def rescale(acc: torch.Tensor, comb: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The float epilogue shared by student and export: ``acc * comb + bias`` (acc (M, N) integers)."""
+    return acc * comb if bias is None else torch.addcmul(bias, acc, comb)
+
+
+def int_domain_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The student's eval forward of an int-domain QuantLinear: (..., K) -> (..., N)."""
+    aq, wq = layer.act_quantizer, layer.weight_quantizer
+    inv, z, qmin, qmax = act_consts(aq)
+    x2 = x.reshape(-1, x.shape[-1])  # (M, K)
+    cx = torch.clamp(torch.round(x2 * inv) + z, qmin, qmax) - z  # (M, K) integer-valued
+    cw = weight_codes(wq, layer.weight)  # (N, K)
+    acc = torch.nn.functional.linear(cx, cw)  # (M, N) exact integers in fp32
+    bias = None if layer.bias is None else layer.bias.detach()
+    y = rescale(acc, combined_scale(aq, wq, layer.out_features), bias)
+    return y.reshape(*x.shape[:-1], layer.out_features)
+
+
+class Int8Linear(nn.Module):
+    """Linear on int8 weight codes with a static per-tensor input quantizer, int8 x int8 -> int32 GEMM.
+
+    Buffers: ``codes`` (N, K) int8, ``comb`` (N,) s_x * s_w, ``corr`` (N,) int32 = (m - z) * sum_k codes
+    (the GEMM runs on c - m with m the middle of the input range, so that codes fit int8), ``bias``.
+    """
+
+    def __init__(self, codes: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+                 act_scale: float, act_zero_point: float, act_qmin: float, act_qmax: float):
+        super().__init__()
+        n, k = codes.shape
+        self.in_features, self.out_features = int(k), int(n)
+        s_x = torch.tensor(act_scale, dtype=torch.float32)
+        self.inv = float(1.0 / s_x)  # the fake-quant kernel's reciprocal, exactly representable as a double
+        self.z, self.qmin, self.qmax = float(act_zero_point), float(act_qmin), float(act_qmax)
+        self.mid = float((int(act_qmin) + int(act_qmax) + 1) // 2)  # [0, 255] -> 128: c - 128 fits int8
+        self.register_buffer("codes", codes.to(torch.int8).contiguous())
+        self.register_buffer("comb", (s_x * w_scale.float().reshape(-1)).expand(n).contiguous())
+        wsum = self.codes.sum(1, dtype=torch.int32)
+        self.register_buffer("corr", (int(self.mid - self.z) * wsum).to(torch.int32))
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    @classmethod
+    def from_quant_linear(cls, layer: nn.Module) -> Int8Linear:
+        """From a QuantLinear that :func:`int_domain_ok` accepts."""
+        if not int_domain_ok(layer):
+            raise ValueError(f"{type(layer).__name__} is not int8-executable (needs per-tensor uniform input "
+                             "quantization and uniform symmetric per-channel/tensor weights, <= 8 bits, fp32)")
+        aq, wq = layer.act_quantizer, layer.weight_quantizer
+        qmin, qmax = aq.qrange()
+        return cls(weight_codes(wq, layer.weight), wq.scale.detach(), layer.bias, float(aq.scale.reshape(())),
+                   float(aq.zero_point.reshape(())), qmin, qmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
+        x2 = x.reshape(-1, self.in_features)  # (M, K)
+        r = torch.mul(x2, self.inv).round_()  # round(x * (1/s)): the student's rounding, not quantize's FMA
+        q = r.add_(self.z - self.mid).clamp_(self.qmin - self.mid, self.qmax - self.mid).to(torch.int8)
+        try:
+            acc = torch._int_mm(q, self.codes.t())  # (M, N) int32; CPU: oneDNN VNNI
+        except RuntimeError:  # shapes/devices the kernel rejects (e.g. CUDA M <= 16): exact via float64
+            acc = (q.double() @ self.codes.double().t()).to(torch.int32)
+        acc.add_(self.corr)  # sum (c - m) w + (m - z) sum w = sum (c - z) w, exact
+        y = rescale(acc.float(), self.comb, self.bias)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"int8 x int8 -> int32, act zero_point={int(self.z)}")

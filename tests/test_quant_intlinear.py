@@ -1,0 +1,95 @@
+"""Integer-domain W8A8 linear (sdq.quant.intlinear): the student's eval forward against a float64 integer
+reference, Int8Linear (torch._int_mm) bit-identical to it, and the cases that keep the fake-quant path."""
+
+import pytest
+import torch
+
+from sdq.quant import QuantizerConfig, QuantLinear
+from sdq.quant.intlinear import Int8Linear, int_domain_linear, int_domain_ok
+
+ACT = QuantizerConfig(bits=8, symmetric=False, granularity="tensor", observer="minmax")
+WEIGHT = QuantizerConfig(bits=8, symmetric=True, granularity="channel")
+
+
+def layer(k=48, n=40, act=ACT, weight=WEIGHT, bias=True, seed=0, calib_scale=3.0):
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(k, n, bias=bias)
+    ql = QuantLinear.from_linear(lin, weight, act)
+    ql.act_quantizer(torch.randn(64, k) * calib_scale + 0.5)  # calibrate the input range
+    for q in (ql.act_quantizer, ql.weight_quantizer):
+        q.set_phase("frozen")
+    return ql.eval()
+
+
+def reference(ql, x):
+    """Float64 integer arithmetic by hand: codes, exact int sum, then the fp32 epilogue."""
+    aq, wq = ql.act_quantizer, ql.weight_quantizer
+    s_x, z = aq.scale.reshape(()), aq.zero_point.reshape(())
+    qmin, qmax = aq.qrange()
+    cx = torch.clamp(torch.round(x * (1.0 / s_x)) + z, qmin, qmax) - z  # (M, K)
+    wmin, wmax = wq.qrange()
+    cw = torch.clamp(torch.round(ql.weight * (1.0 / wq.scale)), wmin, wmax)  # (N, K)
+    acc = (cx.double() @ cw.double().t()).float()  # exact integers
+    comb = s_x * wq.scale.reshape(-1)
+    return acc * comb if ql.bias is None else torch.addcmul(ql.bias, acc, comb)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("weight", [WEIGHT, QuantizerConfig(bits=8, granularity="tensor"),
+                                    QuantizerConfig(bits=4, granularity="channel")], ids=["w8ch", "w8t", "w4ch"])
+@pytest.mark.parametrize("act", [ACT, QuantizerConfig(bits=8, symmetric=True, granularity="tensor"),
+                                 QuantizerConfig(bits=4, symmetric=False, granularity="tensor")],
+                         ids=["a8asym", "a8sym", "a4asym"])
+def test_int_domain_forward_equals_integer_reference_and_int8_kernel(act, weight, bias):
+    ql = layer(act=act, weight=weight, bias=bias)
+    assert int_domain_ok(ql)
+    x = torch.randn(2, 7, 48) * 4  # beyond the calibrated range too: clamped codes
+    with torch.no_grad():
+        y = ql(x)
+        exact = reference(ql, x.reshape(-1, 48)).reshape(2, 7, 40)
+        got = Int8Linear.from_quant_linear(ql)(x)
+    assert torch.equal(y, exact)
+    assert torch.equal(got, y)  # int8 x int8 -> int32 GEMM: the same floats
+    with torch.enable_grad():  # training-style fake-quant forward: the same maths, other float rounding
+        torch.testing.assert_close(ql(x), y, atol=1e-5, rtol=1e-5)
+
+
+def test_exact_rounding_ties_match():
+    ql = layer()
+    s, z = ql.act_quantizer.scale.reshape(()), ql.act_quantizer.zero_point.reshape(())
+    k = torch.arange(-120, 120).float()
+    x = ((k + 0.5) / (1.0 / s)).repeat(48, 1).t().contiguous()  # x * (1/s) lands on .5 exactly
+    x[:, 1::2] = torch.nextafter(x[:, 1::2], x[:, 1::2] + 1)
+    with torch.no_grad():
+        assert torch.equal(Int8Linear.from_quant_linear(ql)(x), ql(x))
+        assert torch.equal(ql(x), reference(ql, x))
+    assert float(z) != 0
+
+
+def test_fake_quant_path_kept_where_int8_does_not_apply():
+    per_channel = layer(act=QuantizerConfig(bits=8, symmetric=False, granularity="channel"))
+    calibrating = layer()
+    calibrating.act_quantizer.set_phase("calibrate")
+    asym_weight = layer(weight=QuantizerConfig(bits=8, symmetric=False, granularity="channel"))
+    kmeans = layer(weight=QuantizerConfig(bits=4, scheme="kmeans", granularity="channel"))
+    no_act = QuantLinear.from_linear(torch.nn.Linear(8, 4), WEIGHT, None).eval()
+    for ql in (per_channel, calibrating, asym_weight, kmeans, no_act):
+        assert not int_domain_ok(ql)
+    ql = layer()
+    ql.train()  # training mode: fake quant (gradients flow), eval + no grad: integer domain
+    x = torch.randn(5, 48)
+    y_train = ql(x)
+    assert y_train.requires_grad
+    with pytest.raises(ValueError, match="not int8-executable"):
+        Int8Linear.from_quant_linear(per_channel)
+    with torch.no_grad():
+        assert torch.equal(int_domain_linear(ql, x), reference(ql, x))
+
+
+def test_int8_linear_state_and_repr():
+    ql = layer()
+    i8 = Int8Linear.from_quant_linear(ql)
+    assert i8.codes.dtype == torch.int8 and i8.codes.shape == (40, 48) and i8.comb.shape == (40,)
+    assert int(i8.codes.abs().max()) <= 128 and "int8 x int8 -> int32" in repr(i8)
+    z = float(ql.act_quantizer.zero_point)
+    torch.testing.assert_close(i8.corr, ((128 - z) * i8.codes.sum(1, dtype=torch.int32)).to(torch.int32))
