@@ -71,7 +71,7 @@ def round_robin(fns: dict, reps: int) -> dict[str, float]:
     return best
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="me5_small")
     ap.add_argument("--threads", type=int, default=2)
@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="1 rep at batch 32, no W4 ONNX model")
     ap.add_argument("--json", default=None, help="also write the results here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -161,6 +161,7 @@ def main() -> None:
     print(f"total benchmark time {time.time() - t0:.0f}s")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
+    return res
 
 
 if __name__ == "__main__":

@@ -22,3 +22,11 @@ def test_train_overhead_runs_on_tiny(capsys):
     out = capsys.readouterr().out
     assert math.isfinite(ratio) and ratio > 0
     assert f"sdq/fp step ratio: {ratio:.2f}x" in out and "fp: median" in out
+
+
+def test_export_speed_runs_on_tiny(capsys):
+    res = load("export_speed").main(["--model", "tiny", "--quick", "--threads", "1", "--batch", "4", "--seq", "16"])
+    out = capsys.readouterr().out
+    assert "ours_w8a8_torch_int8/fp32 throughput" in out and "ort_quantize_dynamic/fp32 throughput" in out
+    assert res["agreement_w8a8_torch_int8"] == {"max_logit_diff": 0.0, "prediction_agreement": 100.0}
+    assert res["sizes"]["w8a8"]["ratio_vs_fp32_checkpoint"] > 1.0
