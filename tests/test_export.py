@@ -202,6 +202,9 @@ def test_int8_backend_logits_equal_the_students(tmp_path, act_gran, kind, head):
             assert torch.equal(exact(**b).logits, student(**b).logits)
     res = check_agreement(student, exact, [batch(seed=s) for s in range(3)])
     assert res["max_logit_diff"] == 0.0 and res["prediction_agreement"] == 100.0
+    import sdq
+
+    assert sdq.load_quantized is load_quantized
 
 
 def test_int8_backend_mixed_schemes_and_attention_quantizers(tmp_path):
