@@ -35,6 +35,10 @@ sync per forward): change them with ``set_phase``/``set_enabled`` (or call ``q.s
 writing the buffers yourself); ``load_state_dict`` refreshes the mirrors. DDP: activation observer
 statistics are all-reduced when torch.distributed is initialized (minmax: MIN/MAX, others: mean).
 
+Integer domain: in eval mode without grad, a QuantLinear with a per-tensor uniform input quantizer and a
+uniform symmetric per-channel/tensor weight (<= 8 bits) sums integer codes and rescales once
+(``sdq.quant.intlinear``), exactly what its int8 export (``Int8Linear``, ``torch._int_mm``) computes.
+
 For exporters: every weight quantizer (``QuantLinear.weight_quantizer`` etc.) has
 ``quantize_int(w) -> (codes int32 of w.shape, params)`` and ``dequantize_int(codes, params)`` which
 reproduces the fake-quantized forward exactly. Params are per group, shape (G, 1) / (G, K), in the
