@@ -39,10 +39,11 @@ def int_domain_ok(layer: nn.Module) -> bool:
             and layer.weight.dtype == torch.float32)
 
 
-def act_consts(aq: UniformQuantizer) -> tuple[torch.Tensor, float, float, float]:
-    """(1/s_x, z, qmin, qmax) of a per-tensor activation quantizer; 1/s_x as the fake-quant kernel computes it."""
+def act_consts(aq: UniformQuantizer) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """(1/s_x, z, qmin, qmax) of a per-tensor activation quantizer (0-dim tensors: no host sync); 1/s_x as
+    the fake-quant kernel computes it."""
     qmin, qmax = aq.qrange()
-    return 1.0 / aq.scale.detach().reshape(()), float(aq.zero_point.reshape(())), float(qmin), float(qmax)
+    return 1.0 / aq.scale.detach().reshape(()), aq.zero_point.reshape(()), float(qmin), float(qmax)
 
 
 def weight_codes(wq: UniformQuantizer, w: torch.Tensor) -> torch.Tensor:
