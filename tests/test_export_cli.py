@@ -74,6 +74,11 @@ def test_cli_argument_errors_are_one_line(tmp_path, capsys):
         main([f"ckpt={tmp_path / 'missing.ckpt'}", f"out={tmp_path / 'o'}"])
     assert "checkpoint not found" in capsys.readouterr().err
     assert parse_args(["ckpt=a", "out=b", "tol=0.5"])["tol"] == 0.5
+    with pytest.raises(SystemExit) as exc:
+        main([f"ckpt={tmp_path / 'missing.ckpt'}", f"out={tmp_path / 'o'}", "backend=tensorrt"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "backend=tensorrt must be one of: torch, int8, onnx" in err
+    assert not (tmp_path / "o").exists()  # refused before anything is written
 
 
 @pytest.mark.slow

@@ -38,8 +38,10 @@ def parse_args(argv: list[str]) -> dict:
             raise SdqConfigError(f"{key}= is required; {USAGE}")
     if args["check"] not in ("true", "false", "test"):
         raise SdqConfigError(f"check={args['check']} must be true (dev batches), test (every language) or false")
-    if args["backend"] is not None and args["backend"] not in ("int8", "onnx", "torch"):
-        raise SdqConfigError(f"backend={args['backend']} must be int8, onnx or torch")
+    from sdq.export.loader import BACKENDS
+
+    if args["backend"] is not None and args["backend"] not in BACKENDS:
+        raise SdqConfigError(f"backend={args['backend']} must be one of: {', '.join(BACKENDS)}")
     if args["onnx"] not in ("auto", "true", "false"):
         raise SdqConfigError(f"onnx={args['onnx']} must be auto, true or false")
     try:

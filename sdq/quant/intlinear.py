@@ -46,16 +46,9 @@ def act_consts(aq: UniformQuantizer) -> tuple[torch.Tensor, torch.Tensor, float,
     return 1.0 / aq.scale.detach().reshape(()), aq.zero_point.reshape(()), float(qmin), float(qmax)
 
 
-def weight_codes(wq: UniformQuantizer, w: torch.Tensor) -> torch.Tensor:
-    """Integer codes of a symmetric uniform weight as floats (N, K), exactly ``wq.quantize_int``'s."""
-    qmin, qmax = wq.qrange()
-    s = wq.scale.detach()  # (N, 1) or (1, 1)
-    return torch.clamp(torch.round(w.detach() * (1.0 / s)), qmin, qmax)
-
-
-def combined_scale(aq: UniformQuantizer, wq: UniformQuantizer, out_features: int) -> torch.Tensor:
-    """s_x * s_w per output feature (N,), fp32."""
-    return (aq.scale.detach().reshape(()) * wq.scale.detach().reshape(-1)).expand(out_features).contiguous()
+def combined_scale(act_scale: torch.Tensor, w_scale: torch.Tensor, out_features: int) -> torch.Tensor:
+    """s_x * s_w per output feature (N,), fp32: one definition for the student and :class:`Int8Linear`."""
+    return (act_scale.reshape(()) * w_scale.reshape(-1)).expand(out_features).contiguous()
 
 
 def rescale(acc: torch.Tensor, comb: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -69,10 +62,10 @@ def int_domain_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     inv, z, qmin, qmax = act_consts(aq)
     x2 = x.reshape(-1, x.shape[-1])  # (M, K)
     cx = torch.clamp(torch.round(x2 * inv) + z, qmin, qmax) - z  # (M, K) integer-valued
-    cw = weight_codes(wq, layer.weight)  # (N, K)
+    cw = wq.quantize_int(layer.weight)[0].to(cx.dtype)  # (N, K) the export's codes
     acc = torch.nn.functional.linear(cx, cw)  # (M, N) exact integers in fp32
     bias = None if layer.bias is None else layer.bias.detach()
-    y = rescale(acc, combined_scale(aq, wq, layer.out_features), bias)
+    y = rescale(acc, combined_scale(aq.scale.detach(), wq.scale.detach(), layer.out_features), bias)
     return y.reshape(*x.shape[:-1], layer.out_features)
 
 
@@ -93,7 +86,7 @@ class Int8Linear(nn.Module):
         self.z, self.qmin, self.qmax = float(act_zero_point), float(act_qmin), float(act_qmax)
         self.mid = float((int(act_qmin) + int(act_qmax) + 1) // 2)  # [0, 255] -> 128: c - 128 fits int8
         self.register_buffer("codes", codes.to(torch.int8).contiguous())
-        self.register_buffer("comb", (s_x * w_scale.float().reshape(-1)).expand(n).contiguous())
+        self.register_buffer("comb", combined_scale(s_x, w_scale.float(), n))
         wsum = self.codes.sum(1, dtype=torch.int32)
         self.register_buffer("corr", (int(self.mid - self.z) * wsum).to(torch.int32))
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
@@ -106,7 +99,7 @@ class Int8Linear(nn.Module):
                              "quantization and uniform symmetric per-channel/tensor weights, <= 8 bits, fp32)")
         aq, wq = layer.act_quantizer, layer.weight_quantizer
         qmin, qmax = aq.qrange()
-        return cls(weight_codes(wq, layer.weight), wq.scale.detach(), layer.bias, float(aq.scale.reshape(())),
+        return cls(wq.quantize_int(layer.weight)[0], wq.scale.detach(), layer.bias, float(aq.scale.reshape(())),
                    float(aq.zero_point.reshape(())), qmin, qmax)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
