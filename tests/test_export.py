@@ -88,6 +88,8 @@ def test_w8a8_onnx_reproduces_student_logits(w8a8):
         torch.testing.assert_close(fast(**b).logits, student(**b).logits, atol=1e-4, rtol=0)
     res = check_agreement(student, fast, [batch(seed=s) for s in range(3)])
     assert res["ok"] and res["metric_diff"] == 0.0 and res["max_logit_diff"] < 1e-4
+    # idle ORT worker threads must not spin: they would steal the cores torch runs on in the same process
+    assert fast.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_size_accounting(w8a8):

@@ -52,8 +52,10 @@ def combined_scale(act_scale: torch.Tensor, w_scale: torch.Tensor, out_features:
 
 
 def rescale(acc: torch.Tensor, comb: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The float epilogue shared by student and export: ``acc * comb + bias`` (acc (M, N) integers)."""
-    return acc * comb if bias is None else torch.addcmul(bias, acc, comb)
+    """The float epilogue shared by student and export: ``acc * comb + bias`` (acc (M, N) fp32 integers),
+    written into ``acc`` (no new (M, N) buffer). ``addcmul`` rounds once (fused multiply-add), so both
+    sides must use this function, not ``acc * comb + bias``."""
+    return acc.mul_(comb) if bias is None else torch.addcmul(bias, acc, comb, out=acc)
 
 
 def int_domain_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +63,7 @@ def int_domain_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     aq, wq = layer.act_quantizer, layer.weight_quantizer
     inv, z, qmin, qmax = act_consts(aq)
     x2 = x.reshape(-1, x.shape[-1])  # (M, K)
-    cx = torch.clamp(torch.round(x2 * inv) + z, qmin, qmax) - z  # (M, K) integer-valued
+    cx = torch.mul(x2, inv).round_().add_(z).clamp_(qmin, qmax).sub_(z)  # (M, K) integer-valued
     cw = wq.quantize_int(layer.weight)[0].to(cx.dtype)  # (N, K) the export's codes
     acc = torch.nn.functional.linear(cx, cw)  # (M, N) exact integers in fp32
     bias = None if layer.bias is None else layer.bias.detach()
