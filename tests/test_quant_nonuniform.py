@@ -161,6 +161,30 @@ def test_refit_only_in_calibrate_or_every_n_steps():
     assert torch.equal(q.codebook_, cb)
 
 
+def test_refit_schedule_survives_a_state_dict_round_trip():
+    """The training-forward counter lives on the host (no GPU sync per forward) and is saved in ``step``."""
+    torch.manual_seed(0)
+    w = torch.randn(2, 32)
+    cfg = QuantizerConfig(bits=2, scheme="kmeans", granularity="channel", refit_every=3)
+    q = KMeansQuantizer(cfg, w.shape)
+    q(w)
+    set_phase(q, "frozen")
+    q.train()
+    for _ in range(3):
+        q(w * 2)  # four training forwards in all (calibration counted); the one at step 3 refitted
+    state = q.state_dict()
+    assert int(state["step"]) == 4
+    fresh = KMeansQuantizer(cfg, w.shape)
+    fresh.load_state_dict(state)
+    fresh.train()
+    cb = fresh.codebook_.clone()
+    fresh(w * 3)
+    fresh(w * 3)  # steps 4 and 5: no refit, as in the uninterrupted run (a counter restarted at 0 would)
+    assert torch.equal(fresh.codebook_, cb)
+    fresh(w * 3)  # step 6: refit
+    assert not torch.equal(fresh.codebook_, cb)
+
+
 def test_quant_noise_fraction_and_eval_all_quantized():
     torch.manual_seed(0)
     w = torch.randn(64, 256)

@@ -204,3 +204,20 @@ def test_fused_kernel_path_equals_composed_maths(qmin, qmax):
         g2, = torch.autograd.grad(composed.sum() * 1.7, x)
         assert torch.equal(fused, composed) and torch.equal(g1, g2)
         assert 0 < int((g1 == 0).sum()) < g1.numel()  # values outside the range get no gradient
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_input_takes_the_fused_path_with_the_composed_numbers(dtype):
+    """bf16/fp16 activations (autocast) with fp32 params: the composed ops promote to fp32; the fused
+    path on x.float() gives the same fp32 values and the same (half-precision) gradient."""
+    from sdq.quant import functional as F
+
+    torch.manual_seed(0)
+    s, z = torch.rand(1, 16) * 0.05 + 1e-3, torch.randint(0, 256, (1, 16)).float()
+    x = (torch.randn(40, 16) * 4).to(dtype).requires_grad_(True)
+    fused, composed = F.fake_quant(x, s, z, 0.0, 255.0), F._FakeQuantSTE.apply(x, s, z, 0.0, 255.0)
+    assert fused.dtype == composed.dtype == torch.float32 and torch.equal(fused, composed)
+    assert "FakeQuantizePerChannel" in type(fused.grad_fn).__name__  # torch's fused kernel ran
+    g1, = torch.autograd.grad(fused.sum() * 1.7, x)
+    g2, = torch.autograd.grad(composed.sum() * 1.7, x)
+    assert g1.dtype == dtype and torch.equal(g1, g2) and 0 < int((g1 == 0).sum()) < g1.numel()

@@ -23,8 +23,10 @@ def build_optimizer(
             continue
         is_weight = name.endswith("weight") and not any(n in name for n in NO_DECAY)
         (decay if is_weight and param.ndim > 1 else no_decay).append(param)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    on_gpu = bool(decay + no_decay) and all(p.is_cuda for p in decay + no_decay)
+    optimizer = torch.optim.AdamW(  # fused on GPU: one kernel set for all params, no per-tensor launches
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr,
+        fused=True if on_gpu else None,
     )
     total = max(1, int(total_steps)) if total_steps != float("inf") else 1
     warmup = int(total * warmup_ratio)

@@ -35,6 +35,7 @@ class QuantizerBase(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("step", torch.tensor(0, dtype=torch.long))
         self._phase, self._enabled, self._initialized = 0, True, False  # host mirrors: no GPU syncs
+        self._step = 0  # host counter of training forwards; written to the ``step`` buffer when saved
         self._fit_key: tuple | None = None  # (storage, version, shape) of the weight last fitted
         self.n_groups, self.group_numel = self._layout()
 
@@ -42,10 +43,14 @@ class QuantizerBase(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
         self.sync_state()
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        self.step.fill_(self._step)  # once per save, not a kernel (and a GPU sync) per forward
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
     def sync_state(self) -> None:
-        """Refresh the host mirrors of ``phase``/``enabled``/``initialized`` after writing the buffers."""
+        """Refresh the host mirrors of ``phase``/``enabled``/``initialized``/``step`` after writing the buffers."""
         self._phase, self._enabled = int(self.phase), bool(self.enabled)
-        self._initialized = bool(self.initialized)
+        self._initialized, self._step = bool(self.initialized), int(self.step)
 
     def _mark_initialized(self) -> None:
         self.initialized.fill_(True)
@@ -137,7 +142,7 @@ class QuantizerBase(nn.Module):
         if self.cfg.scheme == "lsq" and self._phase == 2:
             return False
         every = self.cfg.refit_every
-        return self.kind == "weight" and self.training and every > 0 and int(self.step) % every == 0
+        return self.kind == "weight" and self.training and every > 0 and self._step % every == 0
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -153,7 +158,7 @@ class QuantizerBase(nn.Module):
                     self._mark_initialized()
                     self._fit_key = tensor_key(x) if self.kind == "weight" else None  # (no version in inference mode)
         if self.training:
-            self.step += 1
+            self._step += 1
         return self.unview(self._quantize(x2d, gidx), x)
 
     @torch.no_grad()

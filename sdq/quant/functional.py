@@ -103,7 +103,11 @@ def fake_quant(x, scale, zp, qmin, qmax) -> torch.Tensor:
     """``(clamp(round(x * (1/s)) + z, qmin, qmax) - z) * s`` on x (G, n) with params per row (G, 1) or
     per column (1, n), with clipped straight-through gradient to x. fp32 with python-number bounds runs
     torch's fused ``fake_quantize_per_channel_affine`` kernel (one pass forward and backward, the same
-    numbers: it also multiplies by the reciprocal scale); other cases compose the same maths from ops."""
+    numbers: it also multiplies by the reciprocal scale); other cases compose the same maths from ops.
+    Half-precision x (bf16 autocast on GPU) with fp32 params takes the fused path on ``x.float()``: the
+    composed ops would promote to fp32 anyway (the same fp32 result), in ~9 kernels instead of 2."""
+    if x.dtype in (torch.bfloat16, torch.float16) and scale.dtype == torch.float32:
+        x = x.float()
     if (x.dtype == torch.float32 and scale.dtype == torch.float32 and isinstance(qmin, float | int)
             and isinstance(qmax, float | int) and x.dim() == 2 and scale.dim() == 2):
         axis = 0 if scale.shape == (x.shape[0], 1) else 1 if scale.shape == (1, x.shape[1]) else None
