@@ -27,6 +27,19 @@ from pathlib import Path
 import torch
 
 
+def cpu_line() -> str:
+    """The CPU and which kernel our ``int8`` backend runs on it (the int8 speed depends on it)."""
+    from sdq.quant.intlinear import fast_int_mm
+
+    try:
+        name = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        name = "unknown CPU"
+    kernel = ("torch._int_mm (oneDNN, AVX-512 VNNI)" if fast_int_mm(torch.device("cpu")) else
+              "fp32 GEMM of the int8 codes (no AVX-512 VNNI: torch._int_mm has no fast CPU kernel here)")
+    return f"cpu: {name}, torch capability {torch.backends.cpu.get_cpu_capability()}; our int8 backend: {kernel}"
+
+
 def student(fp: torch.nn.Module, bits: int, act: bool, calib: list[dict]) -> torch.nn.Module:
     """A fake-quantized copy of ``fp`` calibrated on ``calib`` (random head: speed/size only)."""
     from sdq.quant import QuantConfig, prepare, set_phase
@@ -95,7 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])
     single = {k: v[:1] for k, v in batch.items()}
     calib = [{k: v[i:i + 8] for k, v in batch.items()} for i in range(0, args.batch, 8)]
-    res: dict = {"model": args.model, "threads": args.threads, "seq": args.seq, "batch": args.batch}
+    res: dict = {"model": args.model, "threads": args.threads, "seq": args.seq, "batch": args.batch,
+                 "cpu": cpu_line()}
+    print(res["cpu"], flush=True)
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sdq.quant import QuantizerConfig, QuantLinear
-from sdq.quant.intlinear import Int8Linear, int_domain_linear, int_domain_ok
+from sdq.quant.intlinear import Int8Linear, fast_int_mm, int_domain_linear, int_domain_ok
 
 ACT = QuantizerConfig(bits=8, symmetric=False, granularity="tensor", observer="minmax")
 WEIGHT = QuantizerConfig(bits=8, symmetric=True, granularity="channel")
@@ -19,6 +19,16 @@ def layer(k=48, n=40, act=ACT, weight=WEIGHT, bias=True, seed=0, calib_scale=3.0
     for q in (ql.act_quantizer, ql.weight_quantizer):
         q.set_phase("frozen")
     return ql.eval()
+
+
+@pytest.fixture(params=["int_mm", "float_codes"])
+def kernel(request, monkeypatch):
+    """Both Int8Linear paths on any machine: torch._int_mm (VNNI/CUDA) and the fp32 GEMM of the codes
+    (CPUs without a fast int8 kernel)."""
+    import sdq.quant.intlinear as il
+
+    monkeypatch.setattr(il, "fast_int_mm", lambda device: request.param == "int_mm")
+    return request.param
 
 
 def reference(ql, x):
@@ -40,7 +50,7 @@ def reference(ql, x):
 @pytest.mark.parametrize("act", [ACT, QuantizerConfig(bits=8, symmetric=True, granularity="tensor"),
                                  QuantizerConfig(bits=4, symmetric=False, granularity="tensor")],
                          ids=["a8asym", "a8sym", "a4asym"])
-def test_int_domain_forward_equals_integer_reference_and_int8_kernel(act, weight, bias):
+def test_int_domain_forward_equals_integer_reference_and_int8_kernel(act, weight, bias, kernel):
     ql = layer(act=act, weight=weight, bias=bias)
     assert int_domain_ok(ql)
     x = torch.randn(2, 7, 48) * 4  # beyond the calibrated range too: clamped codes
@@ -54,7 +64,7 @@ def test_int_domain_forward_equals_integer_reference_and_int8_kernel(act, weight
         torch.testing.assert_close(ql(x), y, atol=1e-5, rtol=1e-5)
 
 
-def test_exact_rounding_ties_match():
+def test_exact_rounding_ties_match(kernel):
     ql = layer()
     s, z = ql.act_quantizer.scale.reshape(()), ql.act_quantizer.zero_point.reshape(())
     k = torch.arange(-120, 120).float()
@@ -91,5 +101,6 @@ def test_int8_linear_state_and_repr():
     i8 = Int8Linear.from_quant_linear(ql)
     assert i8.codes.dtype == torch.int8 and i8.codes.shape == (40, 48) and i8.comb.shape == (40,)
     assert int(i8.codes.abs().max()) <= 128 and "int8 x int8 -> int32" in repr(i8)
+    assert fast_int_mm(torch.device("cuda")) and isinstance(fast_int_mm(torch.device("cpu")), bool)
     z = float(ql.act_quantizer.zero_point)
     torch.testing.assert_close(i8.corr, ((128 - z) * i8.codes.sum(1, dtype=torch.int32)).to(torch.int32))
