@@ -118,7 +118,7 @@ def main() -> None:
         teacher = load_teacher(ckpt)
         models["teacher_fp32"] = teacher
         models["ort_dynamic_int8"] = OrtModel(ort_dynamic_int8(teacher, out / "peers" / "ort_dynamic.onnx"),
-                                              threads=args.threads)
+                                              threads=args.threads, u8_weights=False)  # the tool's default
         models["torch_dynamic_int8"] = torch_dynamic_int8(teacher)
     langs = args.languages.split(",") if args.languages else None
     batches = task_batches(ckpt, args.split, langs, args.limit_batches, args.data_root)

@@ -5,6 +5,7 @@ import copy
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -90,6 +91,44 @@ def test_w8a8_onnx_reproduces_student_logits(w8a8):
     assert res["ok"] and res["metric_diff"] == 0.0 and res["max_logit_diff"] < 1e-4
     # idle ORT worker threads must not spin: they would steal the cores torch runs on in the same process
     assert fast.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+@pytest.mark.parametrize("u8", [False, True], ids=["s8_weights", "u8_weights"])
+def test_w8a8_onnx_both_weight_encodings_reproduce_the_student(w8a8, u8):
+    """MatMulIntegerToFloat and QAttention run with the int8 weights as written and rewritten as uint8 + 128."""
+    from sdq.export.ort_model import OrtModel
+
+    student, out, _ = w8a8
+    fast = OrtModel(out / "model.onnx", u8_weights=u8)
+    b = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(**b).logits, student(**b).logits, atol=1e-4, rtol=0)
+
+
+def test_u8_weight_rewrite_is_exact_where_u8s8_saturates(tmp_path):
+    """uint8 + 128 weights give the exact integer product on any CPU; a u8 x s8 kernel built on vpmaddubsw
+    (x86 without VNNI) saturates its int16 pair sums on codes like these (255 * 127 * 2 > 32767)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sdq.export.ort_model import ort_session, s8_weights_to_u8
+
+    rng = np.random.default_rng(0)
+    k, n = 64, 16
+    a = rng.integers(200, 256, (8, k)).astype(np.uint8)
+    w = rng.choice(np.array([-127, 127], np.int8), (k, n))
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(1.0, np.float32), "sa"),
+             numpy_helper.from_array(np.ones(n, np.float32), "sw"), numpy_helper.from_array(np.array(0, np.uint8), "za"),
+             numpy_helper.from_array(np.zeros(n, np.int8), "zw")]
+    node = helper.make_node("MatMulIntegerToFloat", ["a", "w", "sa", "sw", "za", "zw"], ["y"], domain="com.microsoft")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    path = tmp_path / "mm.onnx"
+    onnx.save(model, str(path))
+    exact = (a.astype(np.int64) @ w.astype(np.int64)).astype(np.float32)  # |values| < 2^24: exact in fp32
+    y = ort_session(path, 1, u8_weights=True).run(None, {"a": a})[0]
+    assert np.array_equal(y, exact)
+    assert s8_weights_to_u8(model) == 1 and s8_weights_to_u8(model) == 0  # once: then the weights are uint8
 
 
 def test_size_accounting(w8a8):
