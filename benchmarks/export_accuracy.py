@@ -89,7 +89,7 @@ def main() -> None:
     from sdq.errors import SdqError
     from sdq.export import export_quantized, load_quantized, verify_dir
     from sdq.export.accuracy import evaluate_languages, format_table, task_batches, verdict
-    from sdq.export.ort_model import OrtModel
+    from sdq.export.ort_model import OrtModel, cpu_has_vnni
     from sdq.export.peers import ort_dynamic_int8, torch_dynamic_int8
     from sdq.lit.restore import checkpoint_config, load_student
 
@@ -110,6 +110,8 @@ def main() -> None:
         print(f"[{time.time() - t0:5.0f}s] {report}", flush=True)
     models = {"student": student, "ours_int8_torch": load_quantized(out, backend="int8"),
               "ours_int8_onnx": load_quantized(out, backend="onnx")}
+    if not cpu_has_vnni():  # ours_int8_onnx runs uint8 weights here (exact integer GEMMs): also ORT's u8 x s8
+        models["ours_int8_onnx_s8"] = OrtModel(out / "model.onnx", threads=args.threads, u8_weights=False)
     if args.noise_floor:
         models["student_eager_attn"] = copy.deepcopy(student)
         models["student_eager_attn"].set_attn_implementation("eager")
