@@ -29,6 +29,7 @@ import torch
 
 def cpu_line() -> str:
     """The CPU and which kernel our ``int8`` backend runs on it (the int8 speed depends on it)."""
+    from sdq.export.ort_model import cpu_has_vnni
     from sdq.quant.intlinear import fast_int_mm
 
     try:
@@ -37,8 +38,6 @@ def cpu_line() -> str:
         name = "unknown CPU"
     kernel = ("torch._int_mm (oneDNN, AVX-512 VNNI)" if fast_int_mm(torch.device("cpu")) else
               "fp32 GEMM of the int8 codes (no AVX-512 VNNI: torch._int_mm has no fast CPU kernel here)")
-    from sdq.export.ort_model import cpu_has_vnni
-
     onnx = ("int8 weights (u8 x s8, VNNI)" if cpu_has_vnni() else
             "weights rewritten as uint8 (u8 x u8: exact; ORT's u8 x s8 saturates without VNNI; _s8 row = as written)")
     return (f"cpu: {name}, torch capability {torch.backends.cpu.get_cpu_capability()}; our int8 backend: {kernel}; "

@@ -133,7 +133,10 @@ def main(argv: list[str] | None = None) -> float:
     from sdq.teacher import calibrate
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    cfg_model = "tiny" if args.model == "xlmr_base_random" else args.model  # only the config's name
+    conf_models = Path(__file__).resolve().parents[1] / "conf" / "model"
+    # the composed config only names the model (quant and method do not depend on it): a name without a
+    # conf/model entry (xlmr_base_random, a HF dir) composes as tiny
+    cfg_model = args.model if (conf_models / f"{args.model}.yaml").is_file() else "tiny"
     fp_model = build_fp_model(args.model)
     B, T = args.batch_size, args.seq_len
     batches = make_batches(fp_model.config.vocab_size, B, T, 4, device)

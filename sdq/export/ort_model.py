@@ -13,6 +13,7 @@ product, ~14 % slower in the whole me5_small model; ``u8_weights=False`` keeps t
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +24,7 @@ from torch import nn
 from sdq.errors import SdqError
 
 
+@functools.cache
 def cpu_has_vnni() -> bool:
     """x86 AVX-512 VNNI or AVX-VNNI (Linux cpu flags; elsewhere torch's probe): u8 x s8 int8 GEMMs exact."""
     try:
@@ -69,8 +71,10 @@ def ort_session(path: str | Path, threads: int | None = None, u8_weights: bool |
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if u8_weights is None:
+        u8_weights = not cpu_has_vnni()
     source: str | bytes = str(path)
-    if u8_weights if u8_weights is not None else not cpu_has_vnni():
+    if u8_weights:
         import onnx
 
         try:

@@ -23,7 +23,8 @@ def build_optimizer(
             continue
         is_weight = name.endswith("weight") and not any(n in name for n in NO_DECAY)
         (decay if is_weight and param.ndim > 1 else no_decay).append(param)
-    on_gpu = bool(decay + no_decay) and all(p.is_cuda for p in decay + no_decay)
+    params = decay + no_decay
+    on_gpu = bool(params) and all(p.is_cuda for p in params)
     optimizer = torch.optim.AdamW(  # fused on GPU: one kernel set for all params, no per-tensor launches
         [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr,
         fused=True if on_gpu else None,

@@ -19,6 +19,8 @@ fake-quantized product ``fq(x) @ fq(w)^T + b``; only float rounding differs from
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -43,10 +45,19 @@ def fast_int_mm(device: torch.device) -> bool:
     """True where ``torch._int_mm`` runs a real int8 kernel: CUDA, or a CPU with AVX-512 VNNI (oneDNN).
     Elsewhere (e.g. AVX2-only x86) torch falls back to a scalar loop, measured ~30x slower than the
     fp32 GEMM (4096 x 384 x 1536: 1.37 s vs 45 ms on a 2-core AMD EPYC without VNNI)."""
-    if device.type != "cpu":
-        return True
+    return device.type != "cpu" or _cpu_has_fast_int_mm()
+
+
+@functools.cache
+def _cpu_has_fast_int_mm() -> bool:  # asked once per process, not per Linear per forward
     probe = getattr(torch.cpu, "_is_vnni_supported", None)  # private but stable since torch 2.1
     return bool(probe()) if probe is not None else True
+
+
+def input_codes(x2: torch.Tensor, inv, z, qmin: float, qmax: float) -> torch.Tensor:
+    """``clamp(round(x * (1/s)) + z, qmin, qmax) - z``, integer-valued fp32 (M, K): one definition for the
+    student's eval forward and :class:`Int8Linear`'s fp32-GEMM path (``inv``/``z`` tensors or floats)."""
+    return torch.mul(x2, inv).round_().add_(z).clamp_(qmin, qmax).sub_(z)
 
 
 def act_consts(aq: UniformQuantizer) -> tuple[torch.Tensor, torch.Tensor, float, float]:
@@ -73,7 +84,7 @@ def int_domain_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     aq, wq = layer.act_quantizer, layer.weight_quantizer
     inv, z, qmin, qmax = act_consts(aq)
     x2 = x.reshape(-1, x.shape[-1])  # (M, K)
-    cx = torch.mul(x2, inv).round_().add_(z).clamp_(qmin, qmax).sub_(z)  # (M, K) integer-valued
+    cx = input_codes(x2, inv, z, qmin, qmax)  # (M, K) integer-valued
     cw = wq.quantize_int(layer.weight)[0].to(cx.dtype)  # (N, K) the export's codes
     acc = torch.nn.functional.linear(cx, cw)  # (M, N) exact integers in fp32
     bias = None if layer.bias is None else layer.bias.detach()
@@ -131,7 +142,7 @@ class Int8Linear(nn.Module):
     def _float_codes_forward(self, x2: torch.Tensor) -> torch.Tensor:
         """The student's own eval arithmetic (:func:`int_domain_linear`): integer codes in an fp32 GEMM,
         exact, for CPUs whose ``torch._int_mm`` has no fast kernel. (M, K) -> (M, N)."""
-        cx = torch.mul(x2, self.inv).round_().add_(self.z).clamp_(self.qmin, self.qmax).sub_(self.z)  # (M, K)
+        cx = input_codes(x2, self.inv, self.z, self.qmin, self.qmax)  # (M, K)
         acc = torch.nn.functional.linear(cx, self.codes.float())  # (M, N) exact integers in fp32
         return rescale(acc, self.comb, self.bias)
 
