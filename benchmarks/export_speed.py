@@ -30,18 +30,35 @@ import torch
 def cpu_line() -> str:
     """The CPU and which kernel our ``int8`` backend runs on it (the int8 speed depends on it)."""
     from sdq.export.ort_model import cpu_has_vnni
-    from sdq.quant.intlinear import fast_int_mm
+    from sdq.quant.intlinear import fast_int_mm, ort_int_gemm
 
     try:
-        name = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            name = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
     except (OSError, StopIteration):
         name = "unknown CPU"
-    kernel = ("torch._int_mm (oneDNN, AVX-512 VNNI)" if fast_int_mm(torch.device("cpu")) else
-              "fp32 GEMM of the int8 codes (no AVX-512 VNNI: torch._int_mm has no fast CPU kernel here)")
+    cpu = torch.device("cpu")
+    kernel = ("torch._int_mm (oneDNN, AVX-512 VNNI)" if fast_int_mm(cpu) else
+              "onnxruntime MatMulInteger u8 x u8 (exact; no AVX-512 VNNI: torch._int_mm has no fast CPU kernel)"
+              if ort_int_gemm(cpu) else "fp32 GEMM of the int8 codes (no VNNI, no onnxruntime)")
     onnx = ("int8 weights (u8 x s8, VNNI)" if cpu_has_vnni() else
             "weights rewritten as uint8 (u8 x u8: exact; ORT's u8 x s8 saturates without VNNI; _s8 row = as written)")
     return (f"cpu: {name}, torch capability {torch.backends.cpu.get_cpu_capability()}; our int8 backend: {kernel}; "
             f"our onnx backend: {onnx}")
+
+
+class Forced(torch.nn.Module):
+    """``model`` with :class:`~sdq.quant.intlinear.Int8Linear` forced onto one GEMM kernel."""
+
+    def __init__(self, model: torch.nn.Module, kernel: str):
+        super().__init__()
+        self.model, self.kernel = model, kernel
+
+    def forward(self, *args, **kwargs):
+        from sdq.quant.intlinear import use_int8_kernel
+
+        with use_int8_kernel(self.kernel):
+            return self.model(*args, **kwargs)
 
 
 def student(fp: torch.nn.Module, bits: int, act: bool, calib: list[dict]) -> torch.nn.Module:
@@ -105,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     from sdq.export import check_agreement, export_quantized, load_quantized
     from sdq.export.ort_model import OrtModel, cpu_has_vnni, ort_session
     from sdq.models import build_model
+    from sdq.quant.intlinear import int8_kernel
 
     t0 = time.time()
     g = torch.Generator().manual_seed(0)
@@ -140,7 +158,10 @@ def main(argv: list[str] | None = None) -> dict:
                     models[f"ours_{tag}_onnx_s8"] = OrtModel(tmp / tag / "model.onnx", args.threads, u8_weights=False)
             if act:
                 models[f"ours_{tag}_torch_int8"] = load_quantized(tmp / tag, backend="int8")
-                for backend in [b for b in ("onnx", "onnx_s8", "torch_int8") if f"ours_{tag}_{b}" in models]:
+                if int8_kernel(torch.device("cpu")) != "fp32":  # the exact fallback, timed beside it
+                    models[f"ours_{tag}_torch_int8_fp32gemm"] = Forced(models[f"ours_{tag}_torch_int8"], "fp32")
+                for backend in [b for b in ("onnx", "onnx_s8", "torch_int8", "torch_int8_fp32gemm")
+                                if f"ours_{tag}_{b}" in models]:
                     ag = check_agreement(s, models[f"ours_{tag}_{backend}"], calib[:2], raise_on_fail=False)
                     res[f"agreement_w8a8_{backend}"] = {k: ag[k] for k in ("max_logit_diff", "prediction_agreement")}
             del s
@@ -177,7 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
     for tag, s in sizes.items():
         if isinstance(s, dict):
             print(f"{tag} checkpoint: {s['packed_MB']:.1f} MB, fp32/{tag} size: {s['ratio_vs_fp32_checkpoint']:.2f}x")
-    for backend in [b for b in ("onnx", "onnx_s8", "torch_int8") if f"agreement_w8a8_{b}" in res]:
+    for backend in [b for b in ("onnx", "onnx_s8", "torch_int8", "torch_int8_fp32gemm")
+                    if f"agreement_w8a8_{b}" in res]:
         print(f"int8 {backend} vs student: {json.dumps(res.get(f'agreement_w8a8_{backend}'))}")
     print(f"total benchmark time {time.time() - t0:.0f}s")
     if args.json:

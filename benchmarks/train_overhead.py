@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-XLMR_BASE = dict(vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                 intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
-                 bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
+XLMR_BASE = {"vocab_size": 250002, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+             "intermediate_size": 3072, "max_position_embeddings": 514, "type_vocab_size": 1, "pad_token_id": 1,
+             "bos_token_id": 0, "eos_token_id": 2, "layer_norm_eps": 1e-5}
 
 
 def compose(method: str, quant: str, model: str):

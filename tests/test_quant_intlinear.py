@@ -1,11 +1,20 @@
 """Integer-domain W8A8 linear (sdq.quant.intlinear): the student's eval forward against a float64 integer
-reference, Int8Linear (torch._int_mm) bit-identical to it, and the cases that keep the fake-quant path."""
+reference, Int8Linear (torch._int_mm, onnxruntime u8 x u8, fp32 GEMM of codes) bit-identical to it, and the
+cases that keep the fake-quant path."""
 
 import pytest
 import torch
 
 from sdq.quant import QuantizerConfig, QuantLinear
-from sdq.quant.intlinear import Int8Linear, fast_int_mm, int_domain_linear, int_domain_ok
+from sdq.quant.intlinear import (
+    KERNELS,
+    Int8Linear,
+    fast_int_mm,
+    int8_kernel,
+    int_domain_linear,
+    int_domain_ok,
+    use_int8_kernel,
+)
 
 ACT = QuantizerConfig(bits=8, symmetric=False, granularity="tensor", observer="minmax")
 WEIGHT = QuantizerConfig(bits=8, symmetric=True, granularity="channel")
@@ -21,14 +30,12 @@ def layer(k=48, n=40, act=ACT, weight=WEIGHT, bias=True, seed=0, calib_scale=3.0
     return ql.eval()
 
 
-@pytest.fixture(params=["int_mm", "float_codes"])
-def kernel(request, monkeypatch):
-    """Both Int8Linear paths on any machine: torch._int_mm (VNNI/CUDA) and the fp32 GEMM of the codes
-    (CPUs without a fast int8 kernel)."""
-    import sdq.quant.intlinear as il
-
-    monkeypatch.setattr(il, "fast_int_mm", lambda device: request.param == "int_mm")
-    return request.param
+@pytest.fixture(params=KERNELS)
+def kernel(request):
+    """Every Int8Linear path on any machine: torch._int_mm (VNNI/CUDA), onnxruntime's u8 x u8 GEMM and the
+    fp32 GEMM of the codes (CPUs without a fast int8 kernel)."""
+    with use_int8_kernel(request.param):
+        yield request.param
 
 
 def reference(ql, x):
@@ -104,3 +111,55 @@ def test_int8_linear_state_and_repr():
     assert fast_int_mm(torch.device("cuda")) and isinstance(fast_int_mm(torch.device("cpu")), bool)
     z = float(ql.act_quantizer.zero_point)
     torch.testing.assert_close(i8.corr, ((128 - z) * i8.codes.sum(1, dtype=torch.int32)).to(torch.int32))
+
+
+def test_ort_gemm_exact_at_the_extremes():
+    """u8 x u8 in onnxruntime: exact even where a u8 x s8 (vpmaddubsw) kernel saturates int16 pairs
+    (255 * 127 * 2 > 32767), over the full int8 weight range, 8- and 4-bit inputs, every zero point tried."""
+    from sdq.quant.ort_gemm import OrtIntGemm
+
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(-128, 128, (96, 256), generator=g, dtype=torch.int8)
+    codes[:8], codes[8:16] = 127, -128
+    inv = 1.0 / 0.05
+    x = torch.randn(33, 256, generator=g) * 8  # x * inv spans beyond every code range
+    x[:4] = 1e4  # saturates at the top code
+    for levels, a_zero in ((255, 0), (255, 37), (255, 128), (255, 255), (15, 3)):
+        c = torch.clamp(torch.round(x * inv) + a_zero, 0, levels)  # codes - qmin, (33, 256)
+        ref = (c.long() - a_zero) @ codes.long().t()  # (33, 96) int64
+        got = OrtIntGemm(codes, inv, a_zero, levels)(x)
+        assert got.dtype == torch.float32 and torch.equal(got.long(), ref) and ref.abs().max() > 32767
+    with pytest.raises(ValueError, match="do not fit uint8"):
+        OrtIntGemm(codes, inv, 256)
+
+
+def test_kernel_choice():
+    before = int8_kernel(torch.device("cpu"))
+    with use_int8_kernel("fp32"):
+        assert int8_kernel(torch.device("cpu")) == "fp32"
+    assert int8_kernel(torch.device("cpu")) == before
+    with pytest.raises(ValueError, match="unknown int8 kernel"), use_int8_kernel("vnni"):
+        pass
+
+
+def test_auto_kernel_choice():
+    expect = "int_mm" if fast_int_mm(torch.device("cpu")) else "ort"  # onnxruntime is a dependency
+    assert int8_kernel(torch.device("cpu")) == expect and int8_kernel(torch.device("cuda")) == "int_mm"
+
+
+@pytest.mark.parametrize("kernel", ["ort"], indirect=True)
+def test_ort_kernel_follows_new_codes_and_copies(kernel):
+    """The cached onnxruntime session is rebuilt when the codes change in place (load_state_dict) and is
+    left out of deep copies (an InferenceSession cannot be copied)."""
+    import copy
+
+    a, b = layer(seed=0), layer(seed=1)
+    ia, ib = Int8Linear.from_quant_linear(a), Int8Linear.from_quant_linear(b)
+    x = torch.randn(6, 48)
+    with torch.no_grad():
+        assert torch.equal(ia(x), a(x)) and "_ort" in ia.__dict__
+        twin = copy.deepcopy(ia)
+        assert "_ort" not in twin.__dict__ and torch.equal(twin(x), a(x))
+        ia.load_state_dict(ib.state_dict())  # codes, scales, bias
+        ia.inv, ia.z = ib.inv, ib.z  # host constants: from the loader's config, not the state dict
+        assert torch.equal(ia(x), b(x))

@@ -60,17 +60,13 @@ def s8_weights_to_u8(model) -> int:
 
 def ort_session(path: str | Path, threads: int | None = None, u8_weights: bool | None = None):
     """A CPU InferenceSession with all graph optimizations and ``threads`` intra-op threads that sleep when
-    idle (onnxruntime's default spin-wait kept the cores busy after each run and, measured side by side,
-    halved torch's batch-1 speed in the same process). ``u8_weights``: rewrite int8 weights as uint8
+    idle (:func:`sdq.quant.ort_gemm.session_options`). ``u8_weights``: rewrite int8 weights as uint8
     (:func:`s8_weights_to_u8`); None = where the CPU has no VNNI (see the module doc)."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(threads or torch.get_num_threads())
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    from sdq.quant.ort_gemm import session_options
+
+    so = session_options(threads)
     if u8_weights is None:
         u8_weights = not cpu_has_vnni()
     source: str | bytes = str(path)

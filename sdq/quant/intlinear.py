@@ -19,7 +19,9 @@ fake-quantized product ``fq(x) @ fq(w)^T + b``; only float rounding differs from
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -46,6 +48,48 @@ def fast_int_mm(device: torch.device) -> bool:
     Elsewhere (e.g. AVX2-only x86) torch falls back to a scalar loop, measured ~30x slower than the
     fp32 GEMM (4096 x 384 x 1536: 1.37 s vs 45 ms on a 2-core AMD EPYC without VNNI)."""
     return device.type != "cpu" or _cpu_has_fast_int_mm()
+
+
+KERNELS = ("int_mm", "ort", "fp32")
+_forced: list[str | None] = [None]
+
+
+def int8_kernel(device: torch.device) -> str:
+    """Which GEMM :class:`Int8Linear` runs on ``device`` (all exact, same floats): ``int_mm``
+    (``torch._int_mm``: CUDA, CPU with VNNI), else ``ort`` (onnxruntime u8 x u8, CPU), else ``fp32``
+    (the codes in an fp32 GEMM, the student's own eval arithmetic)."""
+    if _forced[0] is not None:
+        return _forced[0]
+    return "int_mm" if fast_int_mm(device) else "ort" if ort_int_gemm(device) else "fp32"
+
+
+@contextlib.contextmanager
+def use_int8_kernel(name: str) -> Iterator[None]:
+    """Force one of :data:`KERNELS` inside the block (tests, benchmarks)::
+
+        with use_int8_kernel("fp32"):
+            y = model(**batch)
+    """
+    if name not in KERNELS:
+        raise ValueError(f"unknown int8 kernel {name!r}; choose one of {KERNELS}")
+    before, _forced[0] = _forced[0], name
+    try:
+        yield
+    finally:
+        _forced[0] = before
+
+
+def ort_int_gemm(device: torch.device) -> bool:
+    """True where :class:`Int8Linear` without a fast ``torch._int_mm`` runs onnxruntime's exact u8 x u8 GEMM
+    (:mod:`sdq.quant.ort_gemm`): CPU tensors, onnxruntime installed."""
+    return device.type == "cpu" and _ort_available()
+
+
+@functools.cache
+def _ort_available() -> bool:
+    from sdq.quant.ort_gemm import ort_available
+
+    return ort_available()
 
 
 @functools.cache
@@ -127,8 +171,10 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
         x2 = x.reshape(-1, self.in_features)  # (M, K)
-        if not fast_int_mm(x2.device):
-            return self._float_codes_forward(x2).reshape(*x.shape[:-1], self.out_features)
+        kernel = int8_kernel(x2.device)
+        if kernel != "int_mm":
+            y = self._ort_forward(x2) if kernel == "ort" else self._float_codes_forward(x2)
+            return y.reshape(*x.shape[:-1], self.out_features)
         r = torch.mul(x2, self.inv).round_()  # round(x * (1/s)): the student's rounding, not quantize's FMA
         q = r.add_(self.z - self.mid).clamp_(self.qmin - self.mid, self.qmax - self.mid).to(torch.int8)
         try:
@@ -138,6 +184,27 @@ class Int8Linear(nn.Module):
         acc.add_(self.corr)  # sum (c - m) w + (m - z) sum w = sum (c - z) w, exact
         y = rescale(acc.float(), self.comb, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _ort_forward(self, x2: torch.Tensor) -> torch.Tensor:
+        """onnxruntime computes the student's codes and their exact u8 x u8 product
+        (:mod:`sdq.quant.ort_gemm`); the shared epilogue gives the student's floats. (M, K) -> (M, N)."""
+        return rescale(self._gemm()(x2), self.comb, self.bias)
+
+    def _gemm(self):
+        """The onnxruntime GEMM of the current codes, built on first use (and again after the codes or
+        torch's thread count change, e.g. after ``load_state_dict``)."""
+        from sdq.quant.ort_gemm import OrtIntGemm
+
+        key = (self.codes.data_ptr(), self.codes._version, torch.get_num_threads(), self.inv, self.z)
+        cached = self.__dict__.get("_ort")
+        if cached is None or cached[0] != key:
+            cached = (key, OrtIntGemm(self.codes, self.inv, int(self.z - self.qmin), int(self.qmax - self.qmin)))
+            self.__dict__["_ort"] = cached
+        return cached[1]
+
+    def __getstate__(self) -> dict:  # copy / pickle without the onnxruntime session (rebuilt on use)
+        state = super().__getstate__()
+        return {k: v for k, v in state.items() if k != "_ort"}
 
     def _float_codes_forward(self, x2: torch.Tensor) -> torch.Tensor:
         """The student's own eval arithmetic (:func:`int_domain_linear`): integer codes in an fp32 GEMM,

@@ -1,10 +1,12 @@
-"""PNG figures: per-language bars of one run, the comparison heatmap, the averages chart.
+"""PNG figures: per-language bars of one run, the comparison heatmap, the averages chart, the per-layer
+error panels of a comparison.
 
 matplotlib ``Figure`` objects rendered by the Agg canvas: no pyplot state, any backend setting.
 
 >>> plot_languages(rows, "xnli", "acc", "me5_small sdq b4", "run/xnli_languages.png", "FP teacher")
 >>> plot_heatmap(tables["xnli"], "compare/heatmap_xnli.png")
 >>> plot_averages(tables["xnli"], "compare/averages_xnli.png")
+>>> plot_compare_layer_errors(runs, "xnli", "compare/layer_errors_xnli.png")   # runs: [(dir, results)]
 """
 
 from __future__ import annotations
@@ -180,4 +182,40 @@ def plot_averages(table: ComparisonTable, path: str | Path) -> Path:
     if labelled:
         ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_compare_layer_errors(runs: list[tuple[Path, dict]], task: str, path: str | Path) -> Path | None:
+    """Accumulated (carried) and local attention error per layer, one panel per bit width, one colour per
+    method (the same colour for a method in every panel)."""
+    from matplotlib import rcParams
+
+    from sdq.distill.diagnostics import draw_layer_errors
+    from sdq.report.io import METHOD_ORDER, bits_label, label_bits
+
+    panels: dict[str, dict[str, dict]] = {}
+    for _, r in runs:
+        if task in r and r.get("layer_errors"):  # the last validation: the reloaded best model
+            panels.setdefault(bits_label(r), {})[str(r.get("method"))] = r["layer_errors"][-1]
+    if not panels:
+        return None
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    methods = sorted({m for p in panels.values() for m in p}, key=lambda m: (order.get(m, len(order)), m))
+    palette = rcParams["axes.prop_cycle"].by_key()["color"]
+    labels = sorted(panels, key=lambda b: (-(label_bits(b) or 0), b))
+    fig = Figure(figsize=(5.2 * len(labels) + 2.0, 4.6))
+    axes = fig.subplots(1, len(labels), squeeze=False, sharey=True)
+    for ax, label in zip(axes[0], labels):
+        curves = {m: panels[label][m] for m in methods if m in panels[label]}
+        draw_layer_errors(ax, curves, kinds=("layer_carried", "attn_local"),
+                          colours=[palette[methods.index(m) % len(palette)] for m in curves])
+        ax.set_title(label)
+        if ax is not axes[0][0]:
+            ax.set_ylabel("")
+    seen = {n: h for ax in axes[0] for h, n in zip(*ax.get_legend_handles_labels())}
+    names = sorted(seen, key=lambda n: (methods.index(n.split(" · ")[0]), n))  # legend in method order
+    fig.legend([seen[n] for n in names], names, fontsize=8, loc="upper left", bbox_to_anchor=(0.995, 0.93))
+    fig.suptitle(f"{task}: quantization error per layer vs the FP teacher (dev batch; solid = carried through "
+                 "the quantized layers, dotted = attention block alone)", fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)

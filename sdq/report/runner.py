@@ -21,11 +21,8 @@ from sdq.errors import SdqConfigError
 from sdq.report.compare import build_comparison
 from sdq.report.gate import EXIT_GATE_FAILED, check_gate, check_limits
 from sdq.report.io import (
-    METHOD_ORDER,
     Reference,
-    bits_label,
     find_results,
-    label_bits,
     load_results,
     mean,
     resolve_reference,
@@ -33,7 +30,7 @@ from sdq.report.io import (
     split_block,
     task_names,
 )
-from sdq.report.plots import plot_averages, plot_heatmap, plot_languages
+from sdq.report.plots import plot_averages, plot_compare_layer_errors, plot_heatmap, plot_languages
 from sdq.report.run_table import language_rows, print_rows, rows_markdown
 
 XGLUE_TASKS = tuple(t for t in TASKS if t != "demo")
@@ -225,47 +222,6 @@ def run_compare(cfg: DictConfig, out_dir: Path, console: Console) -> int:
         log_comparison(tables, out_dir, project=cfg.wandb.project, mode=cfg.wandb.mode)
     console.print(f"comparison of {len(runs)} runs written to {out_dir}")
     return 0
-
-
-def plot_compare_layer_errors(runs: list[tuple[Path, dict]], task: str, path: Path) -> Path | None:
-    """Accumulated (carried) and local attention error per layer, one panel per bit width, one colour per
-    method (the same colour for a method in every panel)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sdq.distill.diagnostics import draw_layer_errors
-
-    panels: dict[str, dict[str, dict]] = {}
-    for _, r in runs:
-        if task in r and r.get("layer_errors"):  # the last validation: the reloaded best model
-            panels.setdefault(bits_label(r), {})[str(r.get("method"))] = r["layer_errors"][-1]
-    if not panels:
-        return None
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    methods = sorted({m for p in panels.values() for m in p}, key=lambda m: (order.get(m, len(order)), m))
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    labels = sorted(panels, key=lambda b: (-(label_bits(b) or 0), b))
-    fig, axes = plt.subplots(1, len(labels), figsize=(5.2 * len(labels) + 2.0, 4.6), dpi=120, squeeze=False,
-                             sharey=True)
-    for ax, label in zip(axes[0], labels):
-        curves = {m: panels[label][m] for m in methods if m in panels[label]}
-        draw_layer_errors(ax, curves, kinds=("layer_carried", "attn_local"),
-                          colours=[palette[methods.index(m) % len(palette)] for m in curves])
-        ax.set_title(label)
-        if ax is not axes[0][0]:
-            ax.set_ylabel("")
-    seen = {n: h for ax in axes[0] for h, n in zip(*ax.get_legend_handles_labels())}
-    names = sorted(seen, key=lambda n: (methods.index(n.split(" · ")[0]), n))  # legend in method order
-    fig.legend([seen[n] for n in names], names, fontsize=8, loc="upper left", bbox_to_anchor=(0.995, 0.93))
-    fig.suptitle(f"{task}: quantization error per layer vs the FP teacher (dev batch; solid = carried through "
-                 "the quantized layers, dotted = attention block alone)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def run_eval(cfg: DictConfig, out_dir: Path, console: Console | None = None) -> int:
