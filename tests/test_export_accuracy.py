@@ -185,3 +185,13 @@ def test_damaged_export_is_one_sdq_error(exported, tmp_path, damage):
         with pytest.raises(SdqError) as exc:
             load_quantized(d, backend=backend)
         assert "\n" not in str(exc.value) and str(d) in str(exc.value)
+
+
+def test_format_table_cells_never_touch():
+    """Widest cells side by side stay apart: each row splits into lang + 5 fields per model."""
+    cell = {"n": 501, "metric": 41.72, "agree": 100.0, "metric_diff": 0.2, "max_logit_diff": 0.00662}
+    res = {name: {"en": dict(cell), "avg": dict(cell)} for name in ("student", "ours_int8_torch", "ours_int8_onnx_s8")}
+    rows = format_table(res, reference="student").splitlines()
+    body = rows[rows.index(next(r for r in rows if r.startswith("vs student"))) + 2:]
+    assert len(body) == 2 and all(r.split() == [r.split()[0]] + ["100.0", "/", "+0.20", "/", "0.00662"] * 2
+                                  for r in body)
