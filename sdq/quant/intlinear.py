@@ -8,8 +8,9 @@ factored out of the sum, as integer hardware does::
                                             c_w = clamp(round(w * (1/s_w)), wmin, wmax)
 
 ``c_x @ c_w^T`` is an integer, exact in fp32 while |partial sums| < 2^24, so the student's eval forward
-(:func:`int_domain_linear`, fp32 matmul of codes) and :class:`Int8Linear` (``torch._int_mm``, int8 x int8
--> int32) produce identical floats: the exported model is provably the student. Mathematically it is the
+(:func:`int_domain_linear`, fp32 matmul of codes) and :class:`Int8Linear` (``torch._int_mm`` int8 x int8
+-> int32, or onnxruntime's u8 x u8 ``MatMulInteger`` on CPUs without VNNI: :func:`int8_kernel`) produce
+identical floats: the exported model is provably the student. Mathematically it is the
 fake-quantized product ``fq(x) @ fq(w)^T + b``; only float rounding differs from the training forward.
 
 >>> if int_domain_ok(qlinear):                  # per-tensor activations, uniform symmetric weights
