@@ -26,16 +26,32 @@ def quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message of an :class:`SdqError`, also when Hydra's ``instantiate`` wrapped it (then
+    with the config node it came from: ``(config: method.loss)``); None for any other exception."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, SdqError):
+        cause = cause.__cause__
+    if cause is None:
+        return None
+    where = next((ln.split(":", 1)[1].strip() for ln in str(exc).splitlines() if ln.startswith("full_key:")), "")
+    return f"{cause} (config: {where})" if where and cause is not exc else str(cause)
+
+
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``fn``; on :class:`SdqError` print ``error: <message>`` and exit with status 2."""
+    """Run ``fn``; on :class:`SdqError` (raised, or wrapped by Hydra's ``instantiate``) print
+    ``error: <message>`` and exit with status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         quiet_third_party()
         try:
             return fn(*args, **kwargs)
-        except SdqError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+        except Exception as exc:
+            message = user_error(exc)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr, flush=True)
             if os.environ.get("SDQ_FULL_ERROR"):
                 raise
             sys.exit(EXIT_USER_ERROR)
