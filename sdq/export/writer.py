@@ -10,6 +10,10 @@ Layout of ``out_dir``:
 - ``model.onnx`` (optional): the integer ONNX model (see :mod:`sdq.export.onnx_build`);
 - ``manifest.json``: sha256 and size of every file above (checked by ``load_quantized``).
 
+Everything is built in a temporary sibling directory and moved in only when complete, the manifest last:
+a failed export leaves an earlier export in ``out_dir`` as it was. A non-empty ``out_dir`` that holds no
+sdq export (a run dir, an HF model dir) is refused before anything is written.
+
 >>> report = export_quantized(student, "export/xnli_w8a8")
 >>> print(report)                        # size table per module kind, whole-model ratio
 """
@@ -19,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +57,18 @@ def write_manifest(out: Path) -> dict:
     return files
 
 
+def check_target(out: Path) -> None:
+    """SdqError unless ``out`` is new, empty, or an earlier sdq export (which a new export replaces)."""
+    if out.exists() and not out.is_dir():
+        raise SdqError(f"export target {out} is a file; pass out=<dir>")
+    if out.is_dir() and not ((out / META_FILE).exists() or (out / MANIFEST_FILE).exists()):
+        names = sorted(p.name for p in out.iterdir())
+        if names:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            raise SdqError(f"export target {out} is not empty and holds no sdq export ({shown}); pass out=<new "
+                           "or empty dir> - nothing was written")
+
+
 def export_quantized(model: nn.Module, out_dir: str | Path, onnx: bool | str = "auto") -> ExportReport:
     """Pack the fake-quantized ``model`` (in memory, prepared by sdq.quant) into ``out_dir``.
 
@@ -58,10 +76,31 @@ def export_quantized(model: nn.Module, out_dir: str | Path, onnx: bool | str = "
     activations, i.e. a W8A8-style student). Returns the :class:`ExportReport` (sizes per module kind).
     """
     out = Path(out_dir)
+    check_target(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     except OSError as exc:
         raise SdqError(f"cannot create export dir {out} ({exc.strerror}); pass out=<writable dir>") from None
+    try:
+        report = _write(model, tmp, onnx)
+        report.files = {k: v["bytes"] for k, v in write_manifest(tmp).items()}  # this export's files only
+        out.mkdir(exist_ok=True)
+        for stale in (MANIFEST_FILE, ONNX_FILE):  # invalid from here until the new manifest lands; no stale onnx
+            (out / stale).unlink(missing_ok=True)
+        for name in report.files:
+            os.replace(tmp / name, out / name)
+        os.replace(tmp / MANIFEST_FILE, out / MANIFEST_FILE)  # last: the dir loads again
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report.out_dir = str(out)
+    if report.onnx:
+        report.onnx["path"] = str(out / ONNX_FILE)
+    return report
+
+
+def _write(model: nn.Module, out: Path, onnx: bool | str) -> ExportReport:
+    """Every export file except the manifest, into the (temporary) directory ``out``."""
     col = collect(model)
     plain = col.plain
     report = ExportReport(out_dir=str(out), quantized_inputs=len(col.acts),
@@ -81,8 +120,6 @@ def export_quantized(model: nn.Module, out_dir: str | Path, onnx: bool | str = "
         arrays[key] = a
         report.add(key, 4 * a.size if a.dtype.kind == "f" else a.nbytes, a.nbytes)
         report.n_fp += 1
-    for old in (ONNX_FILE, MANIFEST_FILE):  # a re-export never keeps a stale file
-        (out / old).unlink(missing_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(out / WEIGHTS_FILE))
     plain.config.save_pretrained(str(out))
     meta = {"format": FORMAT, "version": VERSION, "architecture": type(plain).__name__,
@@ -95,5 +132,4 @@ def export_quantized(model: nn.Module, out_dir: str | Path, onnx: bool | str = "
 
         info = build_onnx(plain, meta, arrays, out / ONNX_FILE)
         report.onnx = {"path": str(out / ONNX_FILE), "bytes": os.path.getsize(out / ONNX_FILE), "ops": info}
-    report.files = {k: v["bytes"] for k, v in write_manifest(out).items()}
     return report
