@@ -81,6 +81,10 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
                 f"data.languages: {', '.join(map(str, bad))} not in task {spec.name} "
                 f"(languages: {', '.join(spec.languages)})"
             )
+    for key in ("batch_size", "eval_batch_size", "max_length"):
+        value = cfg.data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SdqConfigError(f"data.{key}={value!r} must be a positive integer")
     drop = cfg.method.get("student_dropout")
     if drop is not None and (isinstance(drop, bool) or not isinstance(drop, int | float) or not 0.0 <= drop < 1.0):
         raise SdqConfigError(f"method.student_dropout={drop!r} must be a number in [0, 1) or null (model's own)")
