@@ -124,21 +124,18 @@ class XGLUEDataModule(pl.LightningDataModule):
         if self.root is None:  # the hub has every official language
             return list(languages) if languages is not None else list(self.spec.languages)
         found = available_languages(self.root, self.spec, split)
-        no_files = SdqDataError(f"{self.root / self.spec.dir_name}: no {self.spec.name} {split} files; point "
-                                "data.root at an xglue_full_dataset folder")
+        wanted = self.spec.languages if languages is None else languages
+        missing = [lang for lang in wanted if lang not in found]
+        if missing and not found:
+            raise SdqDataError(f"{self.root / self.spec.dir_name}: no {self.spec.name} {split} files; point "
+                               "data.root at an xglue_full_dataset folder")
         if languages is not None:
-            missing = [lang for lang in languages if lang not in found]
-            if missing and not found:
-                raise no_files
             if missing:
                 raise SdqConfigError(
                     f"data.languages: no {self.spec.name} {split} file for {', '.join(missing)} under "
                     f"{self.root}; drop them or use data.languages=null (found: {', '.join(found) or 'none'})"
                 )
             return list(languages)
-        missing = [lang for lang in self.spec.languages if lang not in found]
-        if not found:
-            raise no_files
         if missing:
             log.warning("%s %s: languages missing under %s, skipped: %s",
                         self.spec.name, split, self.root, ", ".join(missing))

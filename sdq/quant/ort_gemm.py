@@ -20,12 +20,15 @@ once::
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
 
+@functools.cache
 def ort_available() -> bool:
-    """True when onnxruntime imports (it is a dependency of sdq; a trimmed install may lack it)."""
+    """True when onnxruntime imports (it is a dependency of sdq; a trimmed install may lack it); asked once."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
