@@ -27,6 +27,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from sdq.quant.ort_gemm import OrtIntGemm, ort_available
 from sdq.quant.uniform import UniformQuantizer
 
 
@@ -83,14 +84,7 @@ def use_int8_kernel(name: str) -> Iterator[None]:
 def ort_int_gemm(device: torch.device) -> bool:
     """True where :class:`Int8Linear` without a fast ``torch._int_mm`` runs onnxruntime's exact u8 x u8 GEMM
     (:mod:`sdq.quant.ort_gemm`): CPU tensors, onnxruntime installed."""
-    return device.type == "cpu" and _ort_available()
-
-
-@functools.cache
-def _ort_available() -> bool:
-    from sdq.quant.ort_gemm import ort_available
-
-    return ort_available()
+    return device.type == "cpu" and ort_available()
 
 
 @functools.cache
@@ -193,10 +187,9 @@ class Int8Linear(nn.Module):
 
     def _gemm(self):
         """The onnxruntime GEMM of the current codes, built on first use (and again after the codes or
-        torch's thread count change, e.g. after ``load_state_dict``)."""
-        from sdq.quant.ort_gemm import OrtIntGemm
-
-        key = (self.codes.data_ptr(), self.codes._version, torch.get_num_threads(), self.inv, self.z)
+        torch's thread count or the input quantizer's constants change, e.g. after ``load_state_dict``)."""
+        key = (self.codes.data_ptr(), self.codes._version, torch.get_num_threads(), self.inv, self.z, self.qmin,
+               self.qmax)
         cached = self.__dict__.get("_ort")
         if cached is None or cached[0] != key:
             cached = (key, OrtIntGemm(self.codes, self.inv, int(self.z - self.qmin), int(self.qmax - self.qmin)))
