@@ -1,7 +1,9 @@
 """CPU speed and size of exported students vs FP32 torch and the int8 tools a user would pick instead.
 
-One run, same model, same inputs, same threads: torch FP32; our exported W8A8 (static int8 onnxruntime
-with the student's own scales; and in torch, int8 GEMMs, bit-identical to the student) and W4 (weight-only, dequantized float weights in onnxruntime); torch
+One run, same model, same inputs, same threads: torch FP32; our exported W8A8 and W7A8 (static int8
+onnxruntime with the student's own scales; and in torch, int8 GEMMs, bit-identical to the student; 7-bit
+weights run the fast u8 x s8 kernels exactly on CPUs without VNNI) and W4 (weight-only, dequantized float
+weights in onnxruntime); torch
 ``quantize_dynamic`` int8; onnxruntime ``quantize_dynamic`` int8 on the plain ONNX export. Latency at
 batch 1 and throughput at batch 32 (seq 128), timed round-robin (min of ``--reps``) so that load from
 other processes hits every variant alike; packed checkpoint sizes at W8/W4/W2 vs the fp32 checkpoint;
@@ -39,10 +41,12 @@ def cpu_line() -> str:
         name = "unknown CPU"
     cpu = torch.device("cpu")
     kernel = ("torch._int_mm (oneDNN, AVX-512 VNNI)" if fast_int_mm(cpu) else
-              "onnxruntime MatMulInteger u8 x u8 (exact; no AVX-512 VNNI: torch._int_mm has no fast CPU kernel)"
+              "onnxruntime MatMulIntegerToFloat, u8 x u8 on 8-bit weights, u8 x s8 on 7-bit ones (exact; no "
+              "AVX-512 VNNI: torch._int_mm has no fast CPU kernel)"
               if ort_int_gemm(cpu) else "fp32 GEMM of the int8 codes (no VNNI, no onnxruntime)")
     onnx = ("int8 weights (u8 x s8, VNNI)" if cpu_has_vnni() else
-            "weights rewritten as uint8 (u8 x u8: exact; ORT's u8 x s8 saturates without VNNI; _s8 row = as written)")
+            "8-bit weights rewritten as uint8 (u8 x u8: exact; ORT's u8 x s8 saturates without VNNI; _s8 row = as "
+            "written), 7-bit weights as int8 (u8 x s8 exact on them)")
     return (f"cpu: {name}, torch capability {torch.backends.cpu.get_cpu_capability()}; our int8 backend: {kernel}; "
             f"our onnx backend: {onnx}")
 
@@ -142,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
         fp32_bytes = (tmp / "fp32" / "model.safetensors").stat().st_size
         sizes = {"fp32_checkpoint_MB": fp32_bytes / 1e6}
         models = {"torch_fp32": fp}
-        for bits, act in ((8, True), (4, False), (2, False)):
+        # w7a8: 7-bit weight codes are exact on the fast u8 x s8 kernels of CPUs without VNNI (quant=w7a8_int8)
+        for bits, act in ((8, True), (7, True), (4, False), (2, False)):
             tag = f"w{bits}a8" if act else f"w{bits}"
             s = student(fp, bits, act, calib[:1])
             onnx = act or (bits == 4 and not args.quick)
@@ -154,16 +159,16 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{fp32_bytes / packed:.2f}x smaller than the fp32 checkpoint\n{rep.table()}", flush=True)
             if onnx:
                 models[f"ours_{tag}_onnx"] = OrtModel(tmp / tag / "model.onnx", threads=args.threads)
-                if act and not cpu_has_vnni():  # the default rewrote int8 weights as uint8: time ORT's u8 x s8 too
+                if bits == 8 and not cpu_has_vnni():  # the default rewrote int8 weights as uint8: time u8 x s8 too
                     models[f"ours_{tag}_onnx_s8"] = OrtModel(tmp / tag / "model.onnx", args.threads, u8_weights=False)
             if act:
                 models[f"ours_{tag}_torch_int8"] = load_quantized(tmp / tag, backend="int8")
-                if int8_kernel(torch.device("cpu")) != "fp32":  # the exact fallback, timed beside it
+                if bits == 8 and int8_kernel(torch.device("cpu")) != "fp32":  # the exact fallback, timed beside it
                     models[f"ours_{tag}_torch_int8_fp32gemm"] = Forced(models[f"ours_{tag}_torch_int8"], "fp32")
                 for backend in [b for b in ("onnx", "onnx_s8", "torch_int8", "torch_int8_fp32gemm")
                                 if f"ours_{tag}_{b}" in models]:
                     ag = check_agreement(s, models[f"ours_{tag}_{backend}"], calib[:2], raise_on_fail=False)
-                    res[f"agreement_w8a8_{backend}"] = {k: ag[k] for k in ("max_logit_diff", "prediction_agreement")}
+                    res[f"agreement_{tag}_{backend}"] = {k: ag[k] for k in ("max_logit_diff", "prediction_agreement")}
             del s
         res["sizes"] = sizes
         models["torch_quantize_dynamic"] = torch.ao.quantization.quantize_dynamic(
@@ -198,9 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
     for tag, s in sizes.items():
         if isinstance(s, dict):
             print(f"{tag} checkpoint: {s['packed_MB']:.1f} MB, fp32/{tag} size: {s['ratio_vs_fp32_checkpoint']:.2f}x")
-    for backend in [b for b in ("onnx", "onnx_s8", "torch_int8", "torch_int8_fp32gemm")
-                    if f"agreement_w8a8_{b}" in res]:
-        print(f"int8 {backend} vs student: {json.dumps(res.get(f'agreement_w8a8_{backend}'))}")
+    for key in [k for k in res if k.startswith("agreement_")]:
+        print(f"{key.removeprefix('agreement_')} vs its student: {json.dumps(res[key])}")
     print(f"total benchmark time {time.time() - t0:.0f}s")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))

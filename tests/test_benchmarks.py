@@ -28,5 +28,7 @@ def test_export_speed_runs_on_tiny(capsys):
     res = load("export_speed").main(["--model", "tiny", "--quick", "--threads", "1", "--batch", "4", "--seq", "16"])
     out = capsys.readouterr().out
     assert "ours_w8a8_torch_int8/fp32 throughput" in out and "ort_quantize_dynamic/fp32 throughput" in out
-    assert res["agreement_w8a8_torch_int8"] == {"max_logit_diff": 0.0, "prediction_agreement": 100.0}
+    for tag in ("w8a8", "w7a8"):
+        assert res[f"agreement_{tag}_torch_int8"] == {"max_logit_diff": 0.0, "prediction_agreement": 100.0}
+    assert "ours_w7a8_onnx/fp32 throughput" in out and "w7a8_torch_int8 vs its student" in out
     assert res["sizes"]["w8a8"]["ratio_vs_fp32_checkpoint"] > 1.0

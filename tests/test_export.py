@@ -129,6 +129,36 @@ def test_u8_weight_rewrite_is_exact_where_u8s8_saturates(tmp_path):
     y = ort_session(path, 1, u8_weights=True).run(None, {"a": a})[0]
     assert np.array_equal(y, exact)
     assert s8_weights_to_u8(model) == 1 and s8_weights_to_u8(model) == 0  # once: then the weights are uint8
+    # 7-bit codes (within [-64, 64]) stay int8: u8 x s8 cannot saturate on them (2 * 255 * 64 <= 32767)
+    w7 = rng.choice(np.array([-64, 64], np.int8), (k, n))
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w7, "w"))
+    model.graph.initializer[-1].CopyFrom(numpy_helper.from_array(np.zeros(n, np.int8), "zw"))
+    onnx.save(model, str(path))
+    a[:] = 255
+    y = ort_session(path, 1, u8_weights=True).run(None, {"a": a})[0]
+    assert np.array_equal(y, (a.astype(np.int64) @ w7.astype(np.int64)).astype(np.float32))
+    assert s8_weights_to_u8(model) == 0 and model.graph.initializer[0].data_type == TensorProto.INT8
+
+
+def test_w7a8_export_keeps_the_signed_kernels_and_the_students_logits(tmp_path):
+    """7-bit weights (quant=w7a8_int8): the ONNX file's int8 weights are exact on u8 x s8 anywhere, so no
+    session rewrites them; the int8 backend runs onnxruntime's signed kernel and stays bit-identical."""
+    from sdq.export.ort_model import OrtModel, s8_weights_to_u8
+    from sdq.quant.intlinear import Int8Linear, use_int8_kernel
+
+    student = make_student({**W8A8, "weight": {"bits": 7, "granularity": "channel"}})
+    export_quantized(student, tmp_path)
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    assert s8_weights_to_u8(model) == 0  # every MatMulIntegerToFloat / QAttention weight stays int8
+    fast = OrtModel(tmp_path / "model.onnx", u8_weights=True)
+    exact = load_quantized(tmp_path, backend="int8")
+    b = batch()
+    with torch.no_grad(), use_int8_kernel("ort"):
+        ref = student(**b).logits
+        assert torch.equal(exact(**b).logits, ref)
+        torch.testing.assert_close(fast(**b).logits, ref, atol=1e-4, rtol=0)
+    gemms = [m._gemm() for m in exact.modules() if isinstance(m, Int8Linear)]
+    assert len(gemms) == 12 and all(g.signed for g in gemms)
 
 
 def test_size_accounting(w8a8):

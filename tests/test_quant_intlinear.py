@@ -2,6 +2,7 @@
 reference, Int8Linear (torch._int_mm, onnxruntime u8 x u8, fp32 GEMM of codes) bit-identical to it, and the
 cases that keep the fake-quant path."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,8 +130,31 @@ def test_ort_gemm_exact_at_the_extremes():
         ref = (c.long() - a_zero) @ codes.long().t()  # (33, 96) int64
         got = OrtIntGemm(codes, inv, a_zero, levels)(x)
         assert got.dtype == torch.float32 and torch.equal(got.long(), ref) and ref.abs().max() > 32767
+    assert not OrtIntGemm(codes, inv, 0).signed  # 8-bit codes: u8 x s8 could saturate, so u8 x u8
     with pytest.raises(ValueError, match="do not fit uint8"):
         OrtIntGemm(codes, inv, 256)
+
+
+def test_ort_gemm_7bit_weights_run_signed_and_exact():
+    """Codes within [-64, 64] (7-bit weights) take onnxruntime's fast u8 x s8 kernel: exact on every CPU, as
+    its int16 pair sums stay within 2 * 255 * 64 = 32640. Inputs at the top code 255 and weights at -64/64
+    make the largest pair sums (on 8-bit codes the same kernel is off by millions without VNNI)."""
+    from sdq.quant.ort_gemm import OrtIntGemm, s8_exact
+
+    g = torch.Generator().manual_seed(1)
+    codes = torch.where(torch.rand(64, 512, generator=g) < 0.5, -64, 64).to(torch.int8)  # (N, K)
+    codes[:8], codes[8:16] = 64, -64
+    codes[16:24] = torch.randint(-64, 64, (8, 512), generator=g, dtype=torch.int8)
+    inv = 1.0 / 0.05
+    x = torch.randn(40, 512, generator=g) * 8
+    x[:6] = 1e4  # every input code at 255
+    for levels, a_zero in ((255, 0), (255, 128), (255, 255), (15, 3)):
+        gemm = OrtIntGemm(codes, inv, a_zero, levels)
+        c = torch.clamp(torch.round(x * inv) + a_zero, 0, levels)  # (40, 512)
+        ref = (c.long() - a_zero) @ codes.long().t()  # (40, 64) int64
+        assert gemm.signed and torch.equal(gemm(x).long(), ref)
+    assert s8_exact(codes) and s8_exact(np.array([-64, 63], np.int8)) and not s8_exact(torch.tensor([-65, 0]))
+    assert not s8_exact(torch.tensor([-128], dtype=torch.int8)) and not s8_exact(np.array([65]))
 
 
 def test_kernel_choice():

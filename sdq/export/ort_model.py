@@ -9,6 +9,8 @@ on uniform codes was off by up to 136,265 (exact values up to ~2e6), and by 24,8
 mid zero point. Such sessions get the same weights as u8 (codes + 128, zero point + 128: the same
 integers, ``w - z_w`` unchanged), whose kernel widens to int16 first: exact (faster in that standalone
 product, ~14 % slower in the whole me5_small model; ``u8_weights=False`` keeps the saturating kernel).
+Weights whose codes lie within [-64, 64] (7-bit weights, ``quant=w7a8_int8``) keep the fast signed kernel:
+their pair sums stay within 2 * 255 * 64 = 32640, exact without VNNI.
 """
 
 from __future__ import annotations
@@ -38,8 +40,11 @@ def cpu_has_vnni() -> bool:
 
 def s8_weights_to_u8(model) -> int:
     """Rewrite the int8 weights (and their zero points) of MatMulIntegerToFloat / QAttention nodes as uint8
-    + 128, in place; returns the number of nodes rewritten. ``w - z_w`` is unchanged, so are the results."""
+    + 128, in place; returns the number of nodes rewritten. ``w - z_w`` is unchanged, so are the results.
+    Weights within [-64, 64] (:func:`~sdq.quant.ort_gemm.s8_exact`) are exact as int8 and stay."""
     from onnx import TensorProto, numpy_helper
+
+    from sdq.quant.ort_gemm import s8_exact
 
     inits = {t.name: t for t in model.graph.initializer}
     slots = {"MatMulIntegerToFloat": (1, 5), "QAttention": (1, 7)}  # (weight, weight zero point) inputs
@@ -50,6 +55,8 @@ def s8_weights_to_u8(model) -> int:
         w_i, z_i = slots[node.op_type]
         names = [node.input[i] if len(node.input) > i else "" for i in (w_i, z_i)]
         if not all(n in inits and inits[n].data_type == TensorProto.INT8 for n in names):
+            continue
+        if s8_exact(numpy_helper.to_array(inits[names[0]])):
             continue
         for n in names:
             u8 = (numpy_helper.to_array(inits[n]).astype(np.int16) + 128).astype(np.uint8)

@@ -9,7 +9,7 @@ factored out of the sum, as integer hardware does::
 
 ``c_x @ c_w^T`` is an integer, exact in fp32 while |partial sums| < 2^24, so the student's eval forward
 (:func:`int_domain_linear`, fp32 matmul of codes) and :class:`Int8Linear` (``torch._int_mm`` int8 x int8
--> int32, or onnxruntime's u8 x u8 ``MatMulInteger`` on CPUs without VNNI: :func:`int8_kernel`) produce
+-> int32, or onnxruntime's exact integer GEMMs on CPUs without VNNI: :func:`int8_kernel`) produce
 identical floats: the exported model is provably the student. Mathematically it is the
 fake-quantized product ``fq(x) @ fq(w)^T + b``; only float rounding differs from the training forward.
 
@@ -58,7 +58,7 @@ _forced: list[str | None] = [None]
 
 def int8_kernel(device: torch.device) -> str:
     """Which GEMM :class:`Int8Linear` runs on ``device`` (all exact, same floats): ``int_mm``
-    (``torch._int_mm``: CUDA, CPU with VNNI), else ``ort`` (onnxruntime u8 x u8, CPU), else ``fp32``
+    (``torch._int_mm``: CUDA, CPU with VNNI), else ``ort`` (onnxruntime, CPU), else ``fp32``
     (the codes in an fp32 GEMM, the student's own eval arithmetic)."""
     if _forced[0] is not None:
         return _forced[0]
@@ -82,7 +82,7 @@ def use_int8_kernel(name: str) -> Iterator[None]:
 
 
 def ort_int_gemm(device: torch.device) -> bool:
-    """True where :class:`Int8Linear` without a fast ``torch._int_mm`` runs onnxruntime's exact u8 x u8 GEMM
+    """True where :class:`Int8Linear` without a fast ``torch._int_mm`` runs onnxruntime's exact integer GEMM
     (:mod:`sdq.quant.ort_gemm`): CPU tensors, onnxruntime installed."""
     return device.type == "cpu" and ort_available()
 
@@ -181,7 +181,7 @@ class Int8Linear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def _ort_forward(self, x2: torch.Tensor) -> torch.Tensor:
-        """onnxruntime computes the student's codes and their exact u8 x u8 product
+        """onnxruntime computes the student's codes and their exact integer product (u8 x s8 on 7-bit weights)
         (:mod:`sdq.quant.ort_gemm`); the shared epilogue gives the student's floats. (M, K) -> (M, N)."""
         return rescale(self._gemm()(x2), self.comb, self.bias)
 

@@ -1,18 +1,24 @@
-"""Exact W8A8 integer GEMM through onnxruntime's ``MatMulInteger`` (uint8 x uint8 -> int32): the int8
-kernel of :class:`~sdq.quant.intlinear.Int8Linear` on x86 CPUs without VNNI.
+"""Exact W8A8 integer GEMM through onnxruntime's ``MatMulIntegerToFloat`` (uint8 activations x int8 or uint8
+weights -> int32 -> fp32): the int8 kernel of :class:`~sdq.quant.intlinear.Int8Linear` on x86 CPUs without VNNI.
 
 There ``torch._int_mm`` has no fast kernel (a scalar loop), and the u8 x s8 kernels of oneDNN, FBGEMM and
-onnxruntime (``vpmaddubsw``) saturate their int16 pair sums. onnxruntime's u8 x u8 kernel widens to int16
-and sums in int32 (``vpmaddwd``): exact for any 8-bit codes. One small session per weight computes, from
-the fp32 input, the student's codes and their product with the weight codes::
+onnxruntime multiply byte pairs with ``vpmaddubsw``, whose int16 pair sums saturate above 32767. Two exact
+cases, picked per weight:
 
-    a   = QuantizeLinear(x * inv, scale=1, zero_point=z - qmin)   # clamp(round(x * (1/s)) + z) - qmin, u8
-    acc = float(MatMulInteger(a, codes + 128, z - qmin, 128))      # sum (c - z) w, exact in int32
+- weight codes within [-64, 64] (7-bit weights, ``quant=w7a8_int8``): the pair sums stay within
+  2 * 255 * 64 = 32640, so the fast u8 x s8 kernel is exact as it is;
+- any other 8-bit codes: the weights go in as ``codes + 128`` (zero point 128: the same integers), whose
+  u8 x u8 kernel widens to int16 and sums in int32 (``vpmaddwd``): exact, ~30 % slower per GEMM.
+
+One small session per weight computes, from the fp32 input, the student's codes and their product with
+the weight codes::
+
+    a = QuantizeLinear(x * inv, scale=1, zero_point=z - qmin)   # clamp(round(x * (1/s)) + z) - qmin, u8
+    y = MatMulIntegerToFloat(a, w, 1, 1, z - qmin[, 128])       # sum (c - z) w: exact int32, then fp32
 
 ``x * inv`` is the student's fp32 product and QuantizeLinear with scale 1 rounds half to even like
-``torch.round``, so the codes are the student's, bit for bit, in two fused passes instead of five torch
-ops. The weight ``codes + 128`` (zero point 128: the same integers) is a constant that onnxruntime packs
-once::
+``torch.round``, so the codes are the student's, bit for bit; unit scales make the int32 -> fp32 step a
+plain conversion (exact below 2^24). The weight is a constant that onnxruntime packs once::
 
     g = OrtIntGemm(codes, inv=1 / s_x, a_zero=z - qmin, levels=qmax - qmin)   # codes (N, K) int8
     acc = g(x)                                    # x (M, K) fp32 -> (M, N) fp32 exact integers
@@ -52,32 +58,47 @@ def session_options(threads: int | None = None, optimize: bool = True):
     return so
 
 
+S8_EXACT = 64  # |weight code| <= 64: u8 x s8 pair sums <= 2 * 255 * 64 = 32640 fit int16 (no saturation)
+
+
+def s8_exact(codes: torch.Tensor | np.ndarray) -> bool:
+    """True when int8 weight ``codes`` are within [-64, 64]: exact on every u8 x s8 kernel, incl. the
+    saturating ``vpmaddubsw`` of x86 CPUs without VNNI (e.g. 7-bit symmetric weights, [-64, 63])."""
+    return -S8_EXACT <= int(codes.min()) and int(codes.max()) <= S8_EXACT  # (abs() of int8 -128 overflows)
+
+
 def _graph(codes: torch.Tensor, inv: float, a_zero: int, levels: int) -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
     n, k = codes.shape
-    b = (codes.t().to(torch.int16) + 128).to(torch.uint8).numpy()  # (K, N): w + 128 in [0, 255]
-    inits = [numpy_helper.from_array(b, "B"), numpy_helper.from_array(np.array(128, np.uint8), "zb"),
-             numpy_helper.from_array(np.array(a_zero, np.uint8), "za"),
+    inits = [numpy_helper.from_array(np.array(a_zero, np.uint8), "za"),
              numpy_helper.from_array(np.array(inv, np.float32), "inv"),
              numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+    if s8_exact(codes):  # the fast signed kernel is exact on these codes
+        inits.append(numpy_helper.from_array(codes.t().contiguous().numpy(), "B"))  # (K, N) int8
+        mm_inputs = ["one", "one", "za"]
+    else:  # w + 128 in [0, 255], zero point 128: exact u8 x u8 kernel
+        inits += [numpy_helper.from_array((codes.t().to(torch.int16) + 128).to(torch.uint8).numpy(), "B"),
+                  numpy_helper.from_array(np.array(128, np.uint8), "zb")]
+        mm_inputs = ["one", "one", "za", "zb"]
     nodes = [helper.make_node("Mul", ["X", "inv"], ["y"]),  # (M, K) fp32, the student's x * (1/s)
              helper.make_node("QuantizeLinear", ["y", "one", "za"], ["a"])]  # round half even + z - qmin
     if levels < 255:  # fewer than 8 bits: clamp the codes to [0, qmax - qmin]
         inits += [numpy_helper.from_array(np.array(0, np.uint8), "lo"),
                   numpy_helper.from_array(np.array(levels, np.uint8), "hi")]
         nodes.append(helper.make_node("Clip", ["a", "lo", "hi"], ["a_clip"]))
-    nodes += [helper.make_node("MatMulInteger", [nodes[-1].output[0], "B", "za", "zb"], ["acc"]),  # (M, N)
-              helper.make_node("Cast", ["acc"], ["Y"], to=TensorProto.FLOAT)]
+    nodes.append(helper.make_node("MatMulIntegerToFloat", [nodes[-1].output[0], "B", *mm_inputs], ["Y"],
+                                  domain="com.microsoft"))  # (M, N) exact integers in fp32
     graph = helper.make_graph(nodes, "int_gemm", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", k])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
     return model.SerializeToString()
 
 
 class OrtIntGemm:
     """``(c - z) @ codes^T`` (exact integers, fp32) for one weight and input quantizer; not a Module.
+    ``signed``: the weights run on the u8 x s8 kernel (codes within [-64, 64]), else on u8 x u8.
 
     ``threads`` intra-op threads (default: torch's) that sleep between GEMMs, so torch's ops keep the
     cores. No graph rewrites: the session runs the nodes as written.
@@ -91,6 +112,7 @@ class OrtIntGemm:
             raise ValueError(f"OrtIntGemm needs (N, K) int8 codes, got {tuple(codes.shape)} {codes.dtype}")
         if not (0 <= a_zero <= levels <= 255):
             raise ValueError(f"input zero point {a_zero} / {levels + 1} levels do not fit uint8 [0, 255]")
+        self.signed = s8_exact(codes)  # weights as int8 (fast u8 x s8) or as uint8 + 128 (u8 x u8)
         self.session = ort.InferenceSession(_graph(codes.cpu(), float(inv), int(a_zero), int(levels)),
                                             session_options(threads, optimize=False),
                                             providers=["CPUExecutionProvider"])
