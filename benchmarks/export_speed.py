@@ -32,18 +32,18 @@ import torch
 def cpu_line() -> str:
     """The CPU and which kernel our ``int8`` backend runs on it (the int8 speed depends on it)."""
     from sdq.export.ort_model import cpu_has_vnni
-    from sdq.quant.intlinear import fast_int_mm, ort_int_gemm
+    from sdq.quant.intlinear import int8_kernel
 
     try:
         with open("/proc/cpuinfo") as f:
             name = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
     except (OSError, StopIteration):
         name = "unknown CPU"
-    cpu = torch.device("cpu")
-    kernel = ("torch._int_mm (oneDNN, AVX-512 VNNI)" if fast_int_mm(cpu) else
-              "onnxruntime MatMulIntegerToFloat, u8 x u8 on 8-bit weights, u8 x s8 on 7-bit ones (exact; no "
-              "AVX-512 VNNI: torch._int_mm has no fast CPU kernel)"
-              if ort_int_gemm(cpu) else "fp32 GEMM of the int8 codes (no VNNI, no onnxruntime)")
+    kernel = {"int_mm": "torch._int_mm (oneDNN, AVX-512 VNNI)",
+              "onednn": "no AVX-512 VNNI (torch._int_mm has no fast CPU kernel): oneDNN u8 x s8 in torch for 7-bit "
+                        "weight codes, onnxruntime u8 x u8 for 8-bit ones (both exact)",
+              "ort": "no AVX-512 VNNI: onnxruntime, u8 x s8 on 7-bit weight codes, u8 x u8 on 8-bit ones (exact)",
+              "fp32": "fp32 GEMM of the int8 codes (no VNNI, no onnxruntime)"}[int8_kernel(torch.device("cpu"))]
     onnx = ("int8 weights (u8 x s8, VNNI)" if cpu_has_vnni() else
             "8-bit weights rewritten as uint8 (u8 x u8: exact; ORT's u8 x s8 saturates without VNNI; _s8 row = as "
             "written), 7-bit weights as int8 (u8 x s8 exact on them)")
@@ -165,7 +165,9 @@ def main(argv: list[str] | None = None) -> dict:
                 models[f"ours_{tag}_torch_int8"] = load_quantized(tmp / tag, backend="int8")
                 if bits == 8 and int8_kernel(torch.device("cpu")) != "fp32":  # the exact fallback, timed beside it
                     models[f"ours_{tag}_torch_int8_fp32gemm"] = Forced(models[f"ours_{tag}_torch_int8"], "fp32")
-                for backend in [b for b in ("onnx", "onnx_s8", "torch_int8", "torch_int8_fp32gemm")
+                if bits == 7 and int8_kernel(torch.device("cpu")) == "onednn":  # its alternative, timed beside it
+                    models[f"ours_{tag}_torch_int8_ort"] = Forced(models[f"ours_{tag}_torch_int8"], "ort")
+                for backend in [b for b in ("onnx", "onnx_s8", "torch_int8", "torch_int8_fp32gemm", "torch_int8_ort")
                                 if f"ours_{tag}_{b}" in models]:
                     ag = check_agreement(s, models[f"ours_{tag}_{backend}"], calib[:2], raise_on_fail=False)
                     res[f"agreement_{tag}_{backend}"] = {k: ag[k] for k in ("max_logit_diff", "prediction_agreement")}

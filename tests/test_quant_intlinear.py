@@ -33,8 +33,13 @@ def layer(k=48, n=40, act=ACT, weight=WEIGHT, bias=True, seed=0, calib_scale=3.0
 
 @pytest.fixture(params=KERNELS)
 def kernel(request):
-    """Every Int8Linear path on any machine: torch._int_mm (VNNI/CUDA), onnxruntime's u8 x u8 GEMM and the
-    fp32 GEMM of the codes (CPUs without a fast int8 kernel)."""
+    """Every Int8Linear path on any machine: torch._int_mm (VNNI/CUDA), oneDNN u8 x s8 (7-bit codes; 8-bit
+    ones fall back to onnxruntime), onnxruntime's GEMMs and the fp32 GEMM of the codes."""
+    if request.param == "onednn":
+        from sdq.quant.onednn_gemm import onednn_available
+
+        if not onednn_available():
+            pytest.skip("torch's oneDNN int8 linear does not run exactly on this CPU/build")
     with use_int8_kernel(request.param):
         yield request.param
 
@@ -54,7 +59,8 @@ def reference(ql, x):
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("weight", [WEIGHT, QuantizerConfig(bits=8, granularity="tensor"),
-                                    QuantizerConfig(bits=4, granularity="channel")], ids=["w8ch", "w8t", "w4ch"])
+                                    QuantizerConfig(bits=7, granularity="channel"),
+                                    QuantizerConfig(bits=4, granularity="channel")], ids=["w8ch", "w8t", "w7ch", "w4ch"])
 @pytest.mark.parametrize("act", [ACT, QuantizerConfig(bits=8, symmetric=True, granularity="tensor"),
                                  QuantizerConfig(bits=4, symmetric=False, granularity="tensor")],
                          ids=["a8asym", "a8sym", "a4asym"])
@@ -72,8 +78,9 @@ def test_int_domain_forward_equals_integer_reference_and_int8_kernel(act, weight
         torch.testing.assert_close(ql(x), y, atol=1e-5, rtol=1e-5)
 
 
-def test_exact_rounding_ties_match(kernel):
-    ql = layer()
+@pytest.mark.parametrize("bits", [8, 7])
+def test_exact_rounding_ties_match(kernel, bits):
+    ql = layer(weight=WEIGHT.replace(bits=bits))
     s, z = ql.act_quantizer.scale.reshape(()), ql.act_quantizer.zero_point.reshape(())
     k = torch.arange(-120, 120).float()
     x = ((k + 0.5) / (1.0 / s)).repeat(48, 1).t().contiguous()  # x * (1/s) lands on .5 exactly
@@ -157,6 +164,45 @@ def test_ort_gemm_7bit_weights_run_signed_and_exact():
     assert not s8_exact(torch.tensor([-128], dtype=torch.int8)) and not s8_exact(np.array([65]))
 
 
+@pytest.mark.parametrize("kernel", ["onednn"], indirect=True)
+def test_onednn_kernel_runs_7bit_codes_and_leaves_8bit_ones_to_onnxruntime(kernel):
+    """oneDNN's u8 x s8 GEMM saturates int16 pair sums on 8-bit codes without VNNI, so only layers with codes
+    within [-64, 64] use it; both layers stay bit-identical to the student; the packed weight is rebuilt
+    when the codes change and left out of copies."""
+    import copy
+
+    from sdq.quant.onednn_gemm import OnednnIntGemm
+
+    w7, w8 = layer(weight=WEIGHT.replace(bits=7)), layer()
+    i7, i8 = Int8Linear.from_quant_linear(w7), Int8Linear.from_quant_linear(w8)
+    x = torch.randn(9, 48) * 4
+    with torch.no_grad():
+        assert torch.equal(i7(x), w7(x)) and torch.equal(i8(x), w8(x))
+        assert isinstance(i7.__dict__["_dnnl"][1], OnednnIntGemm) and i8.__dict__["_dnnl"][1] is None
+        assert "_ort" in i8.__dict__ and "_ort" not in i7.__dict__
+        other = copy.deepcopy(w7)  # same input quantizer, other weight codes
+        other.weight.mul_(-0.5)
+        i7.load_state_dict(Int8Linear.from_quant_linear(other).state_dict())
+        assert torch.equal(i7(x), other(x))
+        assert "_dnnl" not in copy.deepcopy(i7).__dict__
+    with pytest.raises(ValueError, match="within"):
+        OnednnIntGemm(i8.codes)
+
+
+def test_onednn_gemm_exact_at_the_largest_7bit_pair_sums():
+    from sdq.quant.onednn_gemm import OnednnIntGemm, onednn_available
+
+    if not onednn_available():
+        pytest.skip("torch's oneDNN int8 linear does not run exactly on this CPU/build")
+    g = torch.Generator().manual_seed(2)
+    codes = torch.where(torch.rand(48, 384, generator=g) < 0.5, -64, 64).to(torch.int8)  # (N, K)
+    codes[:6] = -64
+    a = torch.randint(0, 256, (33, 384), generator=g).to(torch.uint8)
+    a[:5] = 255
+    for z in (0, 1, 77, 255):
+        assert torch.equal(OnednnIntGemm(codes)(a, z).long(), (a.long() - z) @ codes.long().t())
+
+
 def test_kernel_choice():
     before = int8_kernel(torch.device("cpu"))
     with use_int8_kernel("fp32"):
@@ -167,7 +213,10 @@ def test_kernel_choice():
 
 
 def test_auto_kernel_choice():
-    expect = "int_mm" if fast_int_mm(torch.device("cpu")) else "ort"  # onnxruntime is a dependency
+    from sdq.quant.onednn_gemm import onednn_available
+
+    cpu = torch.device("cpu")  # onnxruntime is a dependency
+    expect = "int_mm" if fast_int_mm(cpu) else "onednn" if onednn_available() else "ort"
     assert int8_kernel(torch.device("cpu")) == expect and int8_kernel(torch.device("cuda")) == "int_mm"
 
 

@@ -9,7 +9,8 @@ factored out of the sum, as integer hardware does::
 
 ``c_x @ c_w^T`` is an integer, exact in fp32 while |partial sums| < 2^24, so the student's eval forward
 (:func:`int_domain_linear`, fp32 matmul of codes) and :class:`Int8Linear` (``torch._int_mm`` int8 x int8
--> int32, or onnxruntime's exact integer GEMMs on CPUs without VNNI: :func:`int8_kernel`) produce
+-> int32; on CPUs without VNNI oneDNN's u8 x s8 for 7-bit weight codes or onnxruntime's exact integer
+GEMMs: :func:`int8_kernel`) produce
 identical floats: the exported model is provably the student. Mathematically it is the
 fake-quantized product ``fq(x) @ fq(w)^T + b``; only float rounding differs from the training forward.
 
@@ -27,7 +28,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from sdq.quant.ort_gemm import OrtIntGemm, ort_available
+from sdq.quant.onednn_gemm import OnednnIntGemm, onednn_available
+from sdq.quant.ort_gemm import OrtIntGemm, ort_available, s8_exact
 from sdq.quant.uniform import UniformQuantizer
 
 
@@ -52,17 +54,22 @@ def fast_int_mm(device: torch.device) -> bool:
     return device.type != "cpu" or _cpu_has_fast_int_mm()
 
 
-KERNELS = ("int_mm", "ort", "fp32")
+KERNELS = ("int_mm", "onednn", "ort", "fp32")
 _forced: list[str | None] = [None]
 
 
 def int8_kernel(device: torch.device) -> str:
     """Which GEMM :class:`Int8Linear` runs on ``device`` (all exact, same floats): ``int_mm``
-    (``torch._int_mm``: CUDA, CPU with VNNI), else ``ort`` (onnxruntime, CPU), else ``fp32``
-    (the codes in an fp32 GEMM, the student's own eval arithmetic)."""
+    (``torch._int_mm``: CUDA, CPU with VNNI), else ``onednn`` (torch's oneDNN u8 x s8, CPU: layers with 7-bit
+    weight codes; the others run ``ort``), else ``ort`` (onnxruntime, CPU), else ``fp32`` (the codes in an fp32
+    GEMM, the student's own eval arithmetic)."""
     if _forced[0] is not None:
         return _forced[0]
-    return "int_mm" if fast_int_mm(device) else "ort" if ort_int_gemm(device) else "fp32"
+    if fast_int_mm(device):
+        return "int_mm"
+    if device.type == "cpu" and onednn_available():
+        return "onednn"
+    return "ort" if ort_int_gemm(device) else "fp32"
 
 
 @contextlib.contextmanager
@@ -167,6 +174,11 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
         x2 = x.reshape(-1, self.in_features)  # (M, K)
         kernel = int8_kernel(x2.device)
+        if kernel == "onednn":
+            gemm = self._onednn()
+            if gemm is not None:
+                return self._onednn_forward(x2, gemm).reshape(*x.shape[:-1], self.out_features)
+            kernel = "ort" if ort_int_gemm(x2.device) else "fp32"  # 8-bit codes: oneDNN would saturate
         if kernel != "int_mm":
             y = self._ort_forward(x2) if kernel == "ort" else self._float_codes_forward(x2)
             return y.reshape(*x.shape[:-1], self.out_features)
@@ -179,6 +191,22 @@ class Int8Linear(nn.Module):
         acc.add_(self.corr)  # sum (c - m) w + (m - z) sum w = sum (c - z) w, exact
         y = rescale(acc.float(), self.comb, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _onednn_forward(self, x2: torch.Tensor, gemm: OnednnIntGemm) -> torch.Tensor:
+        """The student's codes (shifted to [0, qmax - qmin], uint8) through oneDNN's exact u8 x s8 GEMM
+        (:mod:`sdq.quant.onednn_gemm`), then the shared epilogue. (M, K) -> (M, N)."""
+        a = torch.mul(x2, self.inv).round_().add_(self.z - self.qmin).clamp_(0, self.qmax - self.qmin)
+        acc = gemm(a.to(torch.uint8), int(self.z - self.qmin))  # (M, N) sum (c - z) w, exact in fp32
+        return rescale(acc, self.comb, self.bias)
+
+    def _onednn(self) -> OnednnIntGemm | None:
+        """oneDNN's packed weight when the codes are within [-64, 64] (else None), rebuilt when they change."""
+        key = (self.codes.data_ptr(), self.codes._version)
+        cached = self.__dict__.get("_dnnl")
+        if cached is None or cached[0] != key:
+            cached = (key, OnednnIntGemm(self.codes) if s8_exact(self.codes) else None)
+            self.__dict__["_dnnl"] = cached
+        return cached[1]
 
     def _ort_forward(self, x2: torch.Tensor) -> torch.Tensor:
         """onnxruntime computes the student's codes and their exact integer product (u8 x s8 on 7-bit weights)
@@ -196,9 +224,9 @@ class Int8Linear(nn.Module):
             self.__dict__["_ort"] = cached
         return cached[1]
 
-    def __getstate__(self) -> dict:  # copy / pickle without the onnxruntime session (rebuilt on use)
+    def __getstate__(self) -> dict:  # copy / pickle without the onnxruntime session / oneDNN weight (rebuilt)
         state = super().__getstate__()
-        return {k: v for k, v in state.items() if k != "_ort"}
+        return {k: v for k, v in state.items() if k not in ("_ort", "_dnnl")}
 
     def _float_codes_forward(self, x2: torch.Tensor) -> torch.Tensor:
         """The student's own eval arithmetic (:func:`int_domain_linear`): integer codes in an fp32 GEMM,

@@ -1,5 +1,6 @@
 """Exact W8A8 integer GEMM through onnxruntime's ``MatMulIntegerToFloat`` (uint8 activations x int8 or uint8
-weights -> int32 -> fp32): the int8 kernel of :class:`~sdq.quant.intlinear.Int8Linear` on x86 CPUs without VNNI.
+weights -> int32 -> fp32): the int8 kernel of :class:`~sdq.quant.intlinear.Int8Linear` on x86 CPUs without VNNI
+for 8-bit weight codes (7-bit ones run torch's oneDNN kernel, :mod:`sdq.quant.onednn_gemm`, where it works).
 
 There ``torch._int_mm`` has no fast kernel (a scalar loop), and the u8 x s8 kernels of oneDNN, FBGEMM and
 onnxruntime multiply byte pairs with ``vpmaddubsw``, whose int16 pair sums saturate above 32767. Two exact
