@@ -85,11 +85,13 @@ def main() -> None:
     logging.disable(logging.WARNING)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     torch.set_num_threads(args.threads)
+    import onnx
+
     from sdq.data.tasks import get_task
     from sdq.errors import SdqError
     from sdq.export import export_quantized, load_quantized, verify_dir
     from sdq.export.accuracy import evaluate_languages, format_table, task_batches, verdict
-    from sdq.export.ort_model import OrtModel, cpu_has_vnni
+    from sdq.export.ort_model import OrtModel, cpu_has_vnni, s8_weights_to_u8
     from sdq.export.peers import ort_dynamic_int8, torch_dynamic_int8
     from sdq.lit.restore import checkpoint_config, load_student
 
@@ -110,7 +112,8 @@ def main() -> None:
         print(f"[{time.time() - t0:5.0f}s] {report}", flush=True)
     models = {"student": student, "ours_int8_torch": load_quantized(out, backend="int8"),
               "ours_int8_onnx": load_quantized(out, backend="onnx")}
-    if not cpu_has_vnni():  # ours_int8_onnx runs uint8 weights here (exact integer GEMMs): also ORT's u8 x s8
+    if not cpu_has_vnni() and s8_weights_to_u8(onnx.load(str(out / "model.onnx"))):
+        # ours_int8_onnx runs 8-bit weights as uint8 here (exact integer GEMMs): also ORT's u8 x s8 as written
         models["ours_int8_onnx_s8"] = OrtModel(out / "model.onnx", threads=args.threads, u8_weights=False)
     if args.noise_floor:
         models["student_eager_attn"] = copy.deepcopy(student)
