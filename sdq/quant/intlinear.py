@@ -182,8 +182,7 @@ class Int8Linear(nn.Module):
         if kernel != "int_mm":
             y = self._ort_forward(x2) if kernel == "ort" else self._float_codes_forward(x2)
             return y.reshape(*x.shape[:-1], self.out_features)
-        r = torch.mul(x2, self.inv).round_()  # round(x * (1/s)): the student's rounding, not quantize's FMA
-        q = r.add_(self.z - self.mid).clamp_(self.qmin - self.mid, self.qmax - self.mid).to(torch.int8)
+        q = self._shifted_codes(x2, self.mid).to(torch.int8)  # c - m in [-128, 127]
         try:
             acc = torch._int_mm(q, self.codes.t())  # (M, N) int32; CPU: oneDNN VNNI
         except RuntimeError:  # shapes/devices the kernel rejects (e.g. CUDA M <= 16): exact via float64
@@ -192,11 +191,17 @@ class Int8Linear(nn.Module):
         y = rescale(acc.float(), self.comb, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 
+    def _shifted_codes(self, x2: torch.Tensor, shift: float) -> torch.Tensor:
+        """The student's input codes minus ``shift``, integer-valued fp32 (M, K): ``round(x * (1/s))`` (the
+        student's rounding, not quantize's FMA) ``+ z - shift``, clamped to ``[qmin - shift, qmax - shift]``."""
+        r = torch.mul(x2, self.inv).round_()
+        return r.add_(self.z - shift).clamp_(self.qmin - shift, self.qmax - shift)
+
     def _onednn_forward(self, x2: torch.Tensor, gemm: OnednnIntGemm) -> torch.Tensor:
         """The student's codes (shifted to [0, qmax - qmin], uint8) through oneDNN's exact u8 x s8 GEMM
         (:mod:`sdq.quant.onednn_gemm`), then the shared epilogue. (M, K) -> (M, N)."""
-        a = torch.mul(x2, self.inv).round_().add_(self.z - self.qmin).clamp_(0, self.qmax - self.qmin)
-        acc = gemm(a.to(torch.uint8), int(self.z - self.qmin))  # (M, N) sum (c - z) w, exact in fp32
+        a = self._shifted_codes(x2, self.qmin).to(torch.uint8)  # c - qmin in [0, qmax - qmin]
+        acc = gemm(a, int(self.z - self.qmin))  # (M, N) sum (c - z) w, exact in fp32
         return rescale(acc, self.comb, self.bias)
 
     def _onednn(self) -> OnednnIntGemm | None:

@@ -20,6 +20,8 @@ import functools
 
 import torch
 
+from sdq.quant.ort_gemm import s8_exact
+
 
 def _qlinear(a: torch.Tensor, z: int, packed: torch.Tensor, ones: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
     return torch.ops.onednn.qlinear_pointwise(a, 1.0, int(z), packed, ones, zeros, None, 1.0, 0, torch.float32,
@@ -32,7 +34,7 @@ class OnednnIntGemm:
     def __init__(self, codes: torch.Tensor):
         if codes.dtype != torch.int8 or codes.dim() != 2:
             raise ValueError(f"OnednnIntGemm needs (N, K) int8 codes, got {tuple(codes.shape)} {codes.dtype}")
-        if not (-64 <= int(codes.min()) and int(codes.max()) <= 64):
+        if not s8_exact(codes):
             raise ValueError("OnednnIntGemm needs weight codes within [-64, 64] (exact without VNNI); "
                              f"got [{int(codes.min())}, {int(codes.max())}]")
         n = codes.shape[0]
@@ -55,9 +57,9 @@ def onednn_available() -> bool:
         codes[:4] = 64
         a = torch.randint(0, 256, (16, 256), generator=g).to(torch.uint8)
         a[:4] = 255
+        gemm = OnednnIntGemm(codes)
         for z in (0, 128):
-            ref = (a.long() - z) @ codes.long().t()
-            if not torch.equal(OnednnIntGemm(codes)(a, z).long(), ref):
+            if not torch.equal(gemm(a, z).long(), (a.long() - z) @ codes.long().t()):
                 return False
     except (RuntimeError, NotImplementedError):  # no oneDNN int8 support on this CPU / build
         return False

@@ -68,14 +68,14 @@ def s8_exact(codes: torch.Tensor | np.ndarray) -> bool:
     return -S8_EXACT <= int(codes.min()) and int(codes.max()) <= S8_EXACT  # (abs() of int8 -128 overflows)
 
 
-def _graph(codes: torch.Tensor, inv: float, a_zero: int, levels: int) -> bytes:
+def _graph(codes: torch.Tensor, inv: float, a_zero: int, levels: int, signed: bool) -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
     n, k = codes.shape
     inits = [numpy_helper.from_array(np.array(a_zero, np.uint8), "za"),
              numpy_helper.from_array(np.array(inv, np.float32), "inv"),
              numpy_helper.from_array(np.array(1.0, np.float32), "one")]
-    if s8_exact(codes):  # the fast signed kernel is exact on these codes
+    if signed:  # codes within [-64, 64]: the fast signed kernel is exact on them
         inits.append(numpy_helper.from_array(codes.t().contiguous().numpy(), "B"))  # (K, N) int8
         mm_inputs = ["one", "one", "za"]
     else:  # w + 128 in [0, 255], zero point 128: exact u8 x u8 kernel
@@ -114,7 +114,7 @@ class OrtIntGemm:
         if not (0 <= a_zero <= levels <= 255):
             raise ValueError(f"input zero point {a_zero} / {levels + 1} levels do not fit uint8 [0, 255]")
         self.signed = s8_exact(codes)  # weights as int8 (fast u8 x s8) or as uint8 + 128 (u8 x u8)
-        self.session = ort.InferenceSession(_graph(codes.cpu(), float(inv), int(a_zero), int(levels)),
+        self.session = ort.InferenceSession(_graph(codes.cpu(), float(inv), int(a_zero), int(levels), self.signed),
                                             session_options(threads, optimize=False),
                                             providers=["CPUExecutionProvider"])
 
