@@ -1,8 +1,9 @@
 """CPU speed and size of exported students vs FP32 torch and the int8 tools a user would pick instead.
 
 One run, same model, same inputs, same threads: torch FP32; our exported W8A8 and W7A8 (static int8
-onnxruntime with the student's own scales; and in torch, int8 GEMMs, bit-identical to the student; 7-bit
-weights run the fast u8 x s8 kernels exactly on CPUs without VNNI) and W4 (weight-only, dequantized float
+onnxruntime with the student's own scales; and in torch, int8 GEMMs, bit-identical to the student, also with
+the input quantization compiled into one pass (``compile=True``); 7-bit weights run the fast u8 x s8
+kernels exactly on CPUs without VNNI) and W4 (weight-only, dequantized float
 weights in onnxruntime); torch
 ``quantize_dynamic`` int8; onnxruntime ``quantize_dynamic`` int8 on the plain ONNX export. Latency at
 batch 1 and throughput at batch 32 (seq 128), timed round-robin (min of ``--reps``) so that load from
@@ -167,8 +168,10 @@ def main(argv: list[str] | None = None) -> dict:
                     models[f"ours_{tag}_torch_int8_fp32gemm"] = Forced(models[f"ours_{tag}_torch_int8"], "fp32")
                 if bits == 7 and int8_kernel(torch.device("cpu")) == "onednn":  # its alternative, timed beside it
                     models[f"ours_{tag}_torch_int8_ort"] = Forced(models[f"ours_{tag}_torch_int8"], "ort")
-                for backend in [b for b in ("onnx", "onnx_s8", "torch_int8", "torch_int8_fp32gemm", "torch_int8_ort")
-                                if f"ours_{tag}_{b}" in models]:
+                if bits == 7 or int8_kernel(torch.device("cpu")) == "int_mm":  # input codes in one compiled pass
+                    models[f"ours_{tag}_torch_int8_compiled"] = load_quantized(tmp / tag, backend="int8", compile=True)
+                for backend in [b for b in ("onnx", "onnx_s8", "torch_int8", "torch_int8_fp32gemm", "torch_int8_ort",
+                                            "torch_int8_compiled") if f"ours_{tag}_{b}" in models]:
                     ag = check_agreement(s, models[f"ours_{tag}_{backend}"], calib[:2], raise_on_fail=False)
                     res[f"agreement_{tag}_{backend}"] = {k: ag[k] for k in ("max_logit_diff", "prediction_agreement")}
             del s

@@ -163,6 +163,25 @@ def test_w7a8_export_keeps_the_signed_kernels_and_the_students_logits(tmp_path):
     assert len(gemms) == 12 and all(g.signed for g in gemms)
 
 
+def test_int8_backend_with_compiled_input_codes_equals_the_student(tmp_path):
+    """load_quantized(..., compile=True): the input codes in one compiled pass, the same logits."""
+    from sdq.quant.fused_codes import compiled_codes
+    from sdq.quant.intlinear import Int8Linear
+
+    student = make_student({**W8A8, "weight": {"bits": 7, "granularity": "channel"}})
+    export_quantized(student, tmp_path, onnx=False)
+    with pytest.raises(SdqError, match="compile=True applies to backend='int8' only"):
+        load_quantized(tmp_path, backend="torch", compile=True)
+    if compiled_codes() is None:
+        pytest.skip("torch.compile (inductor) does not run here")
+    exact = load_quantized(tmp_path, backend="int8", compile=True)
+    assert all(m.compiled for m in exact.modules() if isinstance(m, Int8Linear))
+    with torch.no_grad():
+        for s in range(2):
+            b = batch(n=2 + s, t=7 + 5 * s, seed=20 + s)
+            assert torch.equal(exact(**b).logits, student(**b).logits)
+
+
 def test_size_accounting(w8a8):
     student, out, report = w8a8
     plain = strip(copy.deepcopy(student))

@@ -54,7 +54,7 @@ def reference(ql, x):
     cw = torch.clamp(torch.round(ql.weight * (1.0 / wq.scale)), wmin, wmax)  # (N, K)
     acc = (cx.double() @ cw.double().t()).float()  # exact integers
     comb = s_x * wq.scale.reshape(-1)
-    return acc * comb if ql.bias is None else torch.addcmul(ql.bias, acc, comb)
+    return acc * comb if ql.bias is None else acc * comb + ql.bias  # two roundings, no FMA
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -236,3 +236,53 @@ def test_ort_kernel_follows_new_codes_and_copies(kernel):
         ia.load_state_dict(ib.state_dict())  # codes, scales, bias
         ia.inv, ia.z = ib.inv, ib.z  # host constants: from the loader's config, not the state dict
         assert torch.equal(ia(x), b(x))
+
+
+@pytest.mark.parametrize("shape", [(4096, 384, 1536), (37, 389, 3), (1, 64, 77)], ids=["ffn", "tails", "row"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_fused_epilogue_equals_rescale(shape, bias):
+    """oneDNN's epilogue inside the GEMM (acc * comb, then + bias, two roundings) gives rescale's floats."""
+    from sdq.quant.intlinear import rescale
+    from sdq.quant.onednn_gemm import OnednnIntGemm, onednn_fused_epilogue
+
+    if not onednn_fused_epilogue():
+        pytest.skip("oneDNN's int8 epilogue differs from rescale here (or oneDNN int8 does not run)")
+    m, k, n = shape
+    g = torch.Generator().manual_seed(m)
+    codes = torch.randint(-64, 65, (n, k), generator=g).to(torch.int8)
+    a = torch.randint(0, 256, (m, k), generator=g).to(torch.uint8)
+    comb = torch.rand(n, generator=g) * 1e-3 + 1e-6
+    b = torch.randn(n, generator=g) if bias else None
+    acc = ((a.long() - 117) @ codes.long().t()).float()  # (M, N) exact
+    fused = OnednnIntGemm(codes, comb, b)
+    assert fused.fused and torch.equal(fused(a, 117), rescale(acc.clone(), comb, b))
+    assert torch.equal(OnednnIntGemm(codes)(a, 117), acc)
+
+
+@pytest.mark.parametrize("kernel", ["onednn"], indirect=True)
+def test_onednn_kernel_without_a_matching_epilogue_rescales_in_torch(kernel, monkeypatch):
+    import sdq.quant.intlinear as il
+
+    ql = layer(weight=WEIGHT.replace(bits=7))
+    x = torch.randn(9, 48) * 4
+    with torch.no_grad():
+        fused = Int8Linear.from_quant_linear(ql)
+        assert torch.equal(fused(x), ql(x)) and fused._onednn().fused == il.onednn_fused_epilogue()
+        monkeypatch.setattr(il, "onednn_fused_epilogue", lambda: False)
+        plain = Int8Linear.from_quant_linear(ql)
+        assert torch.equal(plain(x), ql(x)) and not plain._onednn().fused
+
+
+@pytest.mark.parametrize("kernel", ["int_mm", "onednn", "ort", "fp32"], indirect=True)
+def test_compiled_input_codes_keep_every_kernel_exact(kernel):
+    from sdq.quant.fused_codes import compiled_codes
+
+    if compiled_codes() is None:
+        pytest.skip("torch.compile (inductor) does not run here")
+    ql = layer(weight=WEIGHT.replace(bits=7))
+    i8 = Int8Linear.from_quant_linear(ql)
+    i8.compiled = True
+    with torch.no_grad():
+        for shape in ((9, 48), (2, 5, 48)):
+            x = torch.randn(*shape) * 4
+            assert torch.equal(i8(x), ql(x))

@@ -10,6 +10,7 @@ directory's integer ``model.onnx`` with onnxruntime on CPU (fastest, float round
 >>> model = load_quantized("export/xnli_w8a8")                   # torch, dequantized weights
 >>> exact = load_quantized("export/xnli_w8a8", backend="int8")    # torch int8 GEMMs, = the student
 >>> fast = load_quantized("export/xnli_w8a8", backend="onnx")     # int8 onnxruntime
+>>> exact = load_quantized("export/xnli_w8a8", backend="int8", compile=True)  # fused input quantization
 """
 
 from __future__ import annotations
@@ -96,10 +97,14 @@ def build_plain(path: str | Path, meta: dict) -> nn.Module:
     return cls(build_config(path))
 
 
-def load_quantized(path: str | Path, backend: str = "torch") -> nn.Module:
-    """The exported model in eval mode on CPU (see module doc); SdqError on a bad/tampered dir."""
+def load_quantized(path: str | Path, backend: str = "torch", compile: bool = False) -> nn.Module:
+    """The exported model in eval mode on CPU (see module doc); SdqError on a bad/tampered dir.
+    ``compile=True`` (``backend="int8"``): each int8 GEMM's input codes in one fused pass compiled by
+    ``torch.compile`` (:mod:`sdq.quant.fused_codes`: the same codes, checked; ~20 s on first use)."""
     if backend not in BACKENDS:
         raise SdqError(f"backend={backend!r} is unknown; use one of: {', '.join(BACKENDS)}")
+    if compile and backend != "int8":
+        raise SdqError(f"compile=True applies to backend='int8' only (got backend={backend!r}); drop it or use int8")
     d = Path(path)
     meta, arrays = read_export(d)
     if backend == "onnx":
@@ -117,7 +122,7 @@ def load_quantized(path: str | Path, backend: str = "torch") -> nn.Module:
     if backend == "int8":
         from sdq.export.torch_int8 import int8_model
 
-        return int8_model(model, meta, arrays)
+        return int8_model(model, meta, arrays, compile=compile)
     return model.eval()
 
 

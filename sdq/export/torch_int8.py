@@ -58,8 +58,9 @@ def int8_linear(linear: nn.Linear, key: str, packed: dict | None, act: dict,
                       act["qmin"], act["qmax"])
 
 
-def int8_model(plain: nn.Module, meta: dict, arrays: dict[str, np.ndarray]) -> nn.Module:
-    """Swap the quantized-input Linears of ``plain`` (dequantized state loaded) in place; returns it."""
+def int8_model(plain: nn.Module, meta: dict, arrays: dict[str, np.ndarray], compile: bool = False) -> nn.Module:
+    """Swap the quantized-input Linears of ``plain`` (dequantized state loaded) in place; returns it.
+    ``compile``: the Int8Linears quantize their inputs in one compiled pass (:mod:`sdq.quant.fused_codes`)."""
     if meta.get("attention_quantized"):
         raise SdqError("this export quantizes attention internals (Q/K/V/probs), which backend=int8 does not "
                        "reproduce; load it with backend=onnx")
@@ -71,5 +72,7 @@ def int8_model(plain: nn.Module, meta: dict, arrays: dict[str, np.ndarray]) -> n
                 continue
             key = f"{full}.weight"
             new = int8_linear(lin, key, meta["tensors"].get(key), acts[full], arrays)
+            if new is not None:
+                new.compiled = compile
             setattr(mod, child, new if new is not None else ActQuantLinear(lin, acts[full]))
     return plain.eval()

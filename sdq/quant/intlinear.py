@@ -28,7 +28,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from sdq.quant.onednn_gemm import OnednnIntGemm, onednn_available
+from sdq.quant.fused_codes import gemm_codes
+from sdq.quant.onednn_gemm import OnednnIntGemm, onednn_available, onednn_fused_epilogue
 from sdq.quant.ort_gemm import OrtIntGemm, ort_available, s8_exact
 from sdq.quant.uniform import UniformQuantizer
 
@@ -120,9 +121,10 @@ def combined_scale(act_scale: torch.Tensor, w_scale: torch.Tensor, out_features:
 
 def rescale(acc: torch.Tensor, comb: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The float epilogue shared by student and export: ``acc * comb + bias`` (acc (M, N) fp32 integers),
-    written into ``acc`` (no new (M, N) buffer). ``addcmul`` rounds once (fused multiply-add), so both
-    sides must use this function, not ``acc * comb + bias``."""
-    return acc.mul_(comb) if bias is None else torch.addcmul(bias, acc, comb, out=acc)
+    written into ``acc`` (no new (M, N) buffer), rounded after the product and after the sum (no fused
+    multiply-add), as oneDNN's int8 linear does it inside its GEMM (:mod:`sdq.quant.onednn_gemm`)."""
+    acc.mul_(comb)
+    return acc if bias is None else acc.add_(bias)
 
 
 def int_domain_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -153,6 +155,7 @@ class Int8Linear(nn.Module):
         s_x = torch.tensor(act_scale, dtype=torch.float32)
         self.inv = float(1.0 / s_x)  # the fake-quant kernel's reciprocal, exactly representable as a double
         self.z, self.qmin, self.qmax = float(act_zero_point), float(act_qmin), float(act_qmax)
+        self.compiled = False  # True: the input codes in one torch.compile'd pass (exact; int_mm/onednn kernels)
         self.mid = float((int(act_qmin) + int(act_qmax) + 1) // 2)  # [0, 255] -> 128: c - 128 fits int8
         self.register_buffer("codes", codes.to(torch.int8).contiguous())
         self.register_buffer("comb", combined_scale(s_x, w_scale.float(), n))
@@ -182,7 +185,7 @@ class Int8Linear(nn.Module):
         if kernel != "int_mm":
             y = self._ort_forward(x2) if kernel == "ort" else self._float_codes_forward(x2)
             return y.reshape(*x.shape[:-1], self.out_features)
-        q = self._shifted_codes(x2, self.mid).to(torch.int8)  # c - m in [-128, 127]
+        q = self._shifted_codes(x2, self.mid, torch.int8)  # c - m in [-128, 127]
         try:
             acc = torch._int_mm(q, self.codes.t())  # (M, N) int32; CPU: oneDNN VNNI
         except RuntimeError:  # shapes/devices the kernel rejects (e.g. CUDA M <= 16): exact via float64
@@ -191,25 +194,32 @@ class Int8Linear(nn.Module):
         y = rescale(acc.float(), self.comb, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def _shifted_codes(self, x2: torch.Tensor, shift: float) -> torch.Tensor:
-        """The student's input codes minus ``shift``, integer-valued fp32 (M, K): ``round(x * (1/s))`` (the
-        student's rounding, not quantize's FMA) ``+ z - shift``, clamped to ``[qmin - shift, qmax - shift]``."""
-        r = torch.mul(x2, self.inv).round_()
-        return r.add_(self.z - shift).clamp_(self.qmin - shift, self.qmax - shift)
+    def _shifted_codes(self, x2: torch.Tensor, shift: float, dtype: torch.dtype) -> torch.Tensor:
+        """The student's input codes minus ``shift`` as ``dtype`` (M, K): ``round(x * (1/s))`` (the student's
+        rounding, not quantize's FMA) ``+ z - shift``, clamped to ``[qmin - shift, qmax - shift]``; one fused
+        pass when :attr:`compiled` (:mod:`sdq.quant.fused_codes`, the same codes)."""
+        return gemm_codes(x2, self.inv, self.z - shift, self.qmin - shift, self.qmax - shift, dtype,
+                          compiled=self.compiled)
 
     def _onednn_forward(self, x2: torch.Tensor, gemm: OnednnIntGemm) -> torch.Tensor:
         """The student's codes (shifted to [0, qmax - qmin], uint8) through oneDNN's exact u8 x s8 GEMM
-        (:mod:`sdq.quant.onednn_gemm`), then the shared epilogue. (M, K) -> (M, N)."""
-        a = self._shifted_codes(x2, self.qmin).to(torch.uint8)  # c - qmin in [0, qmax - qmin]
-        acc = gemm(a, int(self.z - self.qmin))  # (M, N) sum (c - z) w, exact in fp32
-        return rescale(acc, self.comb, self.bias)
+        (:mod:`sdq.quant.onednn_gemm`), with the shared epilogue inside it where oneDNN's equals
+        :func:`rescale`. (M, K) -> (M, N)."""
+        a = self._shifted_codes(x2, self.qmin, torch.uint8)  # c - qmin in [0, qmax - qmin]
+        y = gemm(a, int(self.z - self.qmin))  # (M, N) sum (c - z) w [* comb + bias]
+        return y if gemm.fused else rescale(y, self.comb, self.bias)
 
     def _onednn(self) -> OnednnIntGemm | None:
-        """oneDNN's packed weight when the codes are within [-64, 64] (else None), rebuilt when they change."""
-        key = (self.codes.data_ptr(), self.codes._version)
+        """oneDNN's packed weight (and epilogue) when the codes are within [-64, 64] (else None), rebuilt when
+        the codes, scales or bias change."""
+        key = tuple((t.data_ptr(), t._version) for t in (self.codes, self.comb, self.bias) if t is not None)
         cached = self.__dict__.get("_dnnl")
         if cached is None or cached[0] != key:
-            cached = (key, OnednnIntGemm(self.codes) if s8_exact(self.codes) else None)
+            gemm = None
+            if s8_exact(self.codes):
+                gemm = OnednnIntGemm(self.codes, self.comb, self.bias) if onednn_fused_epilogue() else \
+                    OnednnIntGemm(self.codes)
+            cached = (key, gemm)
             self.__dict__["_dnnl"] = cached
         return cached[1]
 

@@ -8,10 +8,14 @@ weight codes (a 64 x 512 x 96 product on codes +-127/128 was off by 8.3e6 here),
 between the GEMM and the torch ops around it (with onnxruntime's pool in between, ``OMP_WAIT_POLICY=PASSIVE``
 took ~0.3 s off a me5_small batch of 32 x 128: torch's OpenMP threads spin while onnxruntime's run).
 
-Unit scales and an fp32 output make oneDNN return ``sum_k (a - z) w`` as floats, exact below 2^24::
+Unit scales and an fp32 output make oneDNN return ``sum_k (a - z) w`` as floats, exact below 2^24. Given
+the per-channel scales ``comb`` (N,) and a bias, oneDNN also applies the student's epilogue inside the GEMM:
+``acc * comb + bias``, rounded after the product and after the sum, the same floats as
+:func:`sdq.quant.intlinear.rescale` (checked once per process: :func:`onednn_fused_epilogue`)::
 
     g = OnednnIntGemm(codes)           # (N, K) int8 codes within [-64, 64]
     acc = g(a, z)                      # a (M, K) uint8 input codes, zero point z -> (M, N) fp32 integers
+    y = OnednnIntGemm(codes, comb, bias)(a, z)   # == rescale(acc, comb, bias), no extra pass
 """
 
 from __future__ import annotations
@@ -23,26 +27,40 @@ import torch
 from sdq.quant.ort_gemm import s8_exact
 
 
-def _qlinear(a: torch.Tensor, z: int, packed: torch.Tensor, ones: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
-    return torch.ops.onednn.qlinear_pointwise(a, 1.0, int(z), packed, ones, zeros, None, 1.0, 0, torch.float32,
+def _qlinear(a: torch.Tensor, z: int, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+             bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.onednn.qlinear_pointwise(a, 1.0, int(z), packed, scales, zeros, bias, 1.0, 0, torch.float32,
                                               "none", [], "")
 
 
 class OnednnIntGemm:
-    """``(a - z) @ codes^T`` (exact integers, fp32) for one weight of codes within [-64, 64]; not a Module."""
+    """``(a - z) @ codes^T`` (exact integers, fp32) for one weight of codes within [-64, 64], times ``comb``
+    (N,) plus ``bias`` (N,) when given; not a Module."""
 
-    def __init__(self, codes: torch.Tensor):
+    def __init__(self, codes: torch.Tensor, comb: torch.Tensor | None = None, bias: torch.Tensor | None = None):
         if codes.dtype != torch.int8 or codes.dim() != 2:
             raise ValueError(f"OnednnIntGemm needs (N, K) int8 codes, got {tuple(codes.shape)} {codes.dtype}")
         if not s8_exact(codes):
             raise ValueError("OnednnIntGemm needs weight codes within [-64, 64] (exact without VNNI); "
                              f"got [{int(codes.min())}, {int(codes.max())}]")
-        n = codes.shape[0]
+        n, self.fused = codes.shape[0], comb is not None
         self.packed = torch.ops.onednn.qlinear_prepack(codes.contiguous(), None)
-        self.ones, self.zeros = torch.ones(n), torch.zeros(n, dtype=torch.int64)
+        self.scales = torch.ones(n) if comb is None else comb.float().contiguous().clone()
+        self.zeros = torch.zeros(n, dtype=torch.int64)
+        self.bias = None if bias is None else bias.float().contiguous().clone()
 
     def __call__(self, a: torch.Tensor, z: int) -> torch.Tensor:  # (M, K) uint8 -> (M, N) fp32
-        return _qlinear(a, z, self.packed, self.ones, self.zeros)
+        return _qlinear(a, z, self.packed, self.scales, self.zeros, self.bias)
+
+
+def _probe() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weight codes at +-64, input codes with rows of 255: the largest 7-bit pair sums."""
+    g = torch.Generator().manual_seed(0)
+    codes = torch.where(torch.rand(24, 256, generator=g) < 0.5, -64, 64).to(torch.int8)  # (N, K)
+    codes[:4] = 64
+    a = torch.randint(0, 256, (16, 256), generator=g).to(torch.uint8)  # (M, K)
+    a[:4] = 255
+    return codes, a, torch.randn(2, 24, generator=g)
 
 
 @functools.cache
@@ -52,15 +70,28 @@ def onednn_available() -> bool:
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")):
         return False
     try:
-        g = torch.Generator().manual_seed(0)
-        codes = torch.where(torch.rand(24, 256, generator=g) < 0.5, -64, 64).to(torch.int8)  # (N, K)
-        codes[:4] = 64
-        a = torch.randint(0, 256, (16, 256), generator=g).to(torch.uint8)
-        a[:4] = 255
+        codes, a, _ = _probe()
         gemm = OnednnIntGemm(codes)
         for z in (0, 128):
             if not torch.equal(gemm(a, z).long(), (a.long() - z) @ codes.long().t()):
                 return False
     except (RuntimeError, NotImplementedError):  # no oneDNN int8 support on this CPU / build
         return False
+    return True
+
+
+@functools.cache
+def onednn_fused_epilogue() -> bool:
+    """True when oneDNN's epilogue (``acc * comb + bias`` inside the GEMM) gives the same floats as
+    :func:`sdq.quant.intlinear.rescale` here (an FMA, e.g. on other ISAs, would not); asked once per process."""
+    from sdq.quant.intlinear import rescale
+
+    if not onednn_available():
+        return False
+    codes, a, r = _probe()
+    comb, bias = r[0].abs() * 1e-4 + 1e-5, r[1]
+    for z in (0, 117):
+        acc = ((a.long() - z) @ codes.long().t()).float()  # (M, N) exact
+        if not torch.equal(OnednnIntGemm(codes, comb, bias)(a, z), rescale(acc, comb, bias)):
+            return False
     return True
