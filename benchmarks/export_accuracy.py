@@ -13,6 +13,7 @@ under float-rounding-sized changes alone (the floor of any non-bit-exact impleme
     python benchmarks/export_accuracy.py --ckpt <ptq run>/checkpoints/last.ckpt --out /tmp/export_w8a8
     python benchmarks/export_accuracy.py --ckpt ... --languages en,de --limit-batches 2   # quick look
     python benchmarks/export_accuracy.py --ckpt ... --out ... --reuse --skip-peers --noise-floor
+    python benchmarks/export_accuracy.py --ckpt ... --out ... --compile    # + int8 with compiled input codes
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tol", type=float, default=0.1, help="max |accuracy diff| vs the student, points")
     ap.add_argument("--skip-peers", action="store_true", help="no FP teacher, no int8 peers")
+    ap.add_argument("--compile", action="store_true",
+                    help="also the int8 backend with its input quantization compiled (load_quantized compile=True)")
     ap.add_argument("--noise-floor", action="store_true",
                     help="also the student with eager attention and in float64 (float-order sensitivity)")
     ap.add_argument("--json", default=None, help="also write every figure here")
@@ -112,6 +115,8 @@ def main() -> None:
         print(f"[{time.time() - t0:5.0f}s] {report}", flush=True)
     models = {"student": student, "ours_int8_torch": load_quantized(out, backend="int8"),
               "ours_int8_onnx": load_quantized(out, backend="onnx")}
+    if args.compile:
+        models["ours_int8_torch_compiled"] = load_quantized(out, backend="int8", compile=True)
     if not cpu_has_vnni() and s8_weights_to_u8(onnx.load(str(out / "model.onnx"))):
         # ours_int8_onnx runs 8-bit weights as uint8 here (exact integer GEMMs): also ORT's u8 x s8 as written
         models["ours_int8_onnx_s8"] = OrtModel(out / "model.onnx", threads=args.threads, u8_weights=False)
@@ -149,7 +154,7 @@ def main() -> None:
                   f"agreement {res[twin]['avg']['agree']:.1f}%)")
     peers = [p for p in PEERS if p in res]
     verdicts = {}
-    for ours in ("ours_int8_torch", "ours_int8_onnx"):
+    for ours in [m for m in ("ours_int8_torch", "ours_int8_torch_compiled", "ours_int8_onnx") if m in res]:
         v = verdicts[ours] = verdict(res, ours=ours, reference="student", peers=peers, tol=args.tol)
         print(f"{ours} within {args.tol} pt of the student on every language: {v['within_tol']} "
               f"(worst {v['worst_lang']} {v['worst_diff']:+.2f} pt; over tol: {v['over_tol'] or 'none'}; "

@@ -30,5 +30,6 @@ def test_export_speed_runs_on_tiny(capsys):
     assert "ours_w8a8_torch_int8/fp32 throughput" in out and "ort_quantize_dynamic/fp32 throughput" in out
     for tag in ("w8a8", "w7a8"):
         assert res[f"agreement_{tag}_torch_int8"] == {"max_logit_diff": 0.0, "prediction_agreement": 100.0}
+    assert res["agreement_w7a8_torch_int8_compiled"] == {"max_logit_diff": 0.0, "prediction_agreement": 100.0}
     assert "ours_w7a8_onnx/fp32 throughput" in out and "w7a8_torch_int8 vs its student" in out
     assert res["sizes"]["w8a8"]["ratio_vs_fp32_checkpoint"] > 1.0
