@@ -274,15 +274,22 @@ def test_onednn_kernel_without_a_matching_epilogue_rescales_in_torch(kernel, mon
 
 
 @pytest.mark.parametrize("kernel", ["int_mm", "onednn", "ort", "fp32"], indirect=True)
-def test_compiled_input_codes_keep_every_kernel_exact(kernel):
-    from sdq.quant.fused_codes import compiled_codes
+def test_compiled_input_codes_keep_every_kernel_exact(kernel, monkeypatch):
+    """compiled=True: the int_mm and oneDNN kernels take their codes from the compiled kernel (counted), the
+    others ignore it; every output stays the student's."""
+    from sdq.quant import fused_codes
 
-    if compiled_codes() is None:
+    fn = fused_codes.compiled_codes()
+    if fn is None:
         pytest.skip("torch.compile (inductor) does not run here")
+    calls = []
+    monkeypatch.setattr(fused_codes, "compiled_codes", lambda: lambda *a: calls.append(1) or fn(*a))
     ql = layer(weight=WEIGHT.replace(bits=7))
     i8 = Int8Linear.from_quant_linear(ql)
     i8.compiled = True
+    assert "compiled input codes" in repr(i8)
     with torch.no_grad():
         for shape in ((9, 48), (2, 5, 48)):
             x = torch.randn(*shape) * 4
             assert torch.equal(i8(x), ql(x))
+    assert len(calls) == (2 if kernel in ("int_mm", "onednn") else 0)

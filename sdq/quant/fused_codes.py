@@ -19,15 +19,18 @@ from collections.abc import Callable
 
 import torch
 
+Scalar = float | torch.Tensor
 
-def _codes(x: torch.Tensor, inv: float, shift: float, lo: float, hi: float, dtype: torch.dtype) -> torch.Tensor:
+
+def _codes(x: torch.Tensor, inv: Scalar, shift: Scalar, lo: float, hi: float, dtype: torch.dtype) -> torch.Tensor:
     return torch.mul(x, inv).round_().add_(shift).clamp_(lo, hi).to(dtype)  # (M, K) -> (M, K) dtype
 
 
-def gemm_codes(x: torch.Tensor, inv: float, shift: float, lo: float, hi: float, dtype: torch.dtype,
-                compiled: bool = False) -> torch.Tensor:
-    """``clamp(round(x * inv) + shift, lo, hi)`` (x fp32, ``inv`` exactly an fp32 value) as ``dtype``, with
-    the fused kernel when ``compiled`` and it passed its check here (else eager, the same codes)."""
+def gemm_codes(x: torch.Tensor, inv: Scalar, shift: Scalar, lo: float, hi: float, dtype: torch.dtype,
+               compiled: bool = False) -> torch.Tensor:
+    """``clamp(round(x * inv) + shift, lo, hi)`` (x fp32, ``inv`` exactly an fp32 value; python floats or 0-dim
+    tensors) as ``dtype``, with the fused kernel when ``compiled`` and it passed its check here (else eager, the
+    same codes)."""
     fn = compiled_codes() if compiled else None
     return (fn or _codes)(x, inv, shift, lo, hi, dtype)
 

@@ -103,8 +103,9 @@ def _cpu_has_fast_int_mm() -> bool:  # asked once per process, not per Linear pe
 
 def input_codes(x2: torch.Tensor, inv, z, qmin: float, qmax: float) -> torch.Tensor:
     """``clamp(round(x * (1/s)) + z, qmin, qmax) - z``, integer-valued fp32 (M, K): one definition for the
-    student's eval forward and :class:`Int8Linear`'s fp32-GEMM path (``inv``/``z`` tensors or floats)."""
-    return torch.mul(x2, inv).round_().add_(z).clamp_(qmin, qmax).sub_(z)
+    student's eval forward and :class:`Int8Linear`'s fp32-GEMM path (``inv``/``z`` tensors or floats); the
+    same ops as the int8 kernels' codes (:func:`~sdq.quant.fused_codes.gemm_codes` with shift ``z``)."""
+    return gemm_codes(x2, inv, z, qmin, qmax, x2.dtype).sub_(z)
 
 
 def act_consts(aq: UniformQuantizer) -> tuple[torch.Tensor, torch.Tensor, float, float]:
@@ -252,4 +253,5 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"int8 x int8 -> int32, act zero_point={int(self.z)}")
+                f"int8 x int8 -> int32, act zero_point={int(self.z)}" + (", compiled input codes" if self.compiled
+                                                                          else ""))
