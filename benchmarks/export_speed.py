@@ -3,9 +3,8 @@
 One run, same model, same inputs, same threads: torch FP32; our exported W8A8 and W7A8 (static int8
 onnxruntime with the student's own scales; and in torch, int8 GEMMs, bit-identical to the student, also with
 the input quantization compiled into one pass (``compile=True``); 7-bit weights run the fast u8 x s8
-kernels exactly on CPUs without VNNI) and W4 (weight-only, dequantized float
-weights in onnxruntime); torch
-``quantize_dynamic`` int8; onnxruntime ``quantize_dynamic`` int8 on the plain ONNX export. Latency at
+kernels exactly on CPUs without VNNI; with VNNI, ``torch._int_mm`` and, beside it, oneDNN's GEMM with the
+epilogue fused) and W4 (weight-only, dequantized float weights in onnxruntime); torch ``quantize_dynamic`` int8; onnxruntime ``quantize_dynamic`` int8 on the plain ONNX export. Latency at
 batch 1 and throughput at batch 32 (seq 128), timed round-robin (min of ``--reps``) so that load from
 other processes hits every variant alike; packed checkpoint sizes at W8/W4/W2 vs the fp32 checkpoint;
 agreement of the int8 model with the fake-quantized student.
@@ -13,6 +12,7 @@ agreement of the int8 model with the fake-quantized student.
     python benchmarks/export_speed.py                    # me5_small, ~4 min on 2 cores
     python benchmarks/export_speed.py --quick            # fewer reps, no W4 ONNX, ~2 min
     python benchmarks/export_speed.py --model tiny --quick
+    python benchmarks/export_speed.py --model me5_small_random   # the architecture, random weights (timing)
 """
 
 from __future__ import annotations
@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     from sdq.export.ort_model import OrtModel, cpu_has_vnni, ort_session
     from sdq.models import build_model
     from sdq.quant.intlinear import int8_kernel
+    from sdq.quant.onednn_gemm import onednn_full_range
 
     t0 = time.time()
     g = torch.Generator().manual_seed(0)
@@ -170,8 +171,12 @@ def main(argv: list[str] | None = None) -> dict:
                     models[f"ours_{tag}_torch_int8_ort"] = Forced(models[f"ours_{tag}_torch_int8"], "ort")
                 if bits == 7 or int8_kernel(torch.device("cpu")) == "int_mm":  # input codes in one compiled pass
                     models[f"ours_{tag}_torch_int8_compiled"] = load_quantized(tmp / tag, backend="int8", compile=True)
+                if int8_kernel(torch.device("cpu")) == "int_mm" and onednn_full_range():  # VNNI: oneDNN, fused
+                    models[f"ours_{tag}_torch_int8_compiled_onednn"] = Forced(  # epilogue, beside _int_mm
+                        models[f"ours_{tag}_torch_int8_compiled"], "onednn")
                 for backend in [b for b in ("onnx", "onnx_s8", "torch_int8", "torch_int8_fp32gemm", "torch_int8_ort",
-                                            "torch_int8_compiled") if f"ours_{tag}_{b}" in models]:
+                                            "torch_int8_compiled", "torch_int8_compiled_onednn")
+                                if f"ours_{tag}_{b}" in models]:
                     ag = check_agreement(s, models[f"ours_{tag}_{backend}"], calib[:2], raise_on_fail=False)
                     res[f"agreement_{tag}_{backend}"] = {k: ag[k] for k in ("max_logit_diff", "prediction_agreement")}
             del s

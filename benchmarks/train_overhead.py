@@ -32,10 +32,6 @@ from pathlib import Path
 
 import torch
 
-XLMR_BASE = {"vocab_size": 250002, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-             "intermediate_size": 3072, "max_position_embeddings": 514, "type_vocab_size": 1, "pad_token_id": 1,
-             "bos_token_id": 0, "eos_token_id": 2, "layer_norm_eps": 1e-5}
-
 
 def compose(method: str, quant: str, model: str):
     """The Hydra config ``train.py`` would compose for these choices."""
@@ -51,14 +47,10 @@ def compose(method: str, quant: str, model: str):
 
 
 def build_fp_model(name: str):
-    """The FP classifier: ``xlmr_base_random`` is xlm-roberta-base's architecture, random init (timing only)."""
-    from sdq.models import build_model, resolve_backbone
+    """The FP classifier (``xlmr_base_random``: xlm-roberta-base's architecture, random init, timing only)."""
+    from sdq.models import build_model
 
-    if name == "xlmr_base_random":
-        from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
-
-        return XLMRobertaForSequenceClassification(XLMRobertaConfig(num_labels=3, **XLMR_BASE))
-    return build_model(resolve_backbone(name), "seq_cls", 3)
+    return build_model(name, "seq_cls", 3)
 
 
 def make_batches(vocab: int, B: int, T: int, n: int, device: torch.device) -> list[dict[str, torch.Tensor]]:

@@ -105,3 +105,18 @@ def test_build_model_on_me5_small(me5):
     with torch.no_grad():
         assert model(**enc).logits.shape == (2, 3)
     assert load_tokenizer("me5_small").vocab_size == tok.vocab_size
+
+
+def test_me5_small_random_has_the_embedded_architecture(me5):
+    """``me5_small_random`` (benchmarks' timing stand-in where the embedded weights are not at hand) builds
+    the embedded model's architecture, with other (random) weights."""
+    real = me5[0]
+    torch.manual_seed(0)
+    rand = build_model("me5_small_random", "seq_cls", num_labels=3)
+    fields = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+              "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id", "hidden_act")
+    assert {f: getattr(rand.config, f) for f in fields} == {f: getattr(real.config, f) for f in fields}
+    shapes = {k: v.shape for k, v in real.state_dict().items() if not k.startswith("pooler.")}  # heads skip it
+    enc = {k.removeprefix("roberta."): v.shape for k, v in rand.state_dict().items() if k.startswith("roberta.")}
+    assert enc == shapes
+    assert not torch.equal(rand.roberta.embeddings.word_embeddings.weight, real.embeddings.word_embeddings.weight)

@@ -167,26 +167,51 @@ def test_ort_gemm_7bit_weights_run_signed_and_exact():
 @pytest.mark.parametrize("kernel", ["onednn"], indirect=True)
 def test_onednn_kernel_runs_7bit_codes_and_leaves_8bit_ones_to_onnxruntime(kernel):
     """oneDNN's u8 x s8 GEMM saturates int16 pair sums on 8-bit codes without VNNI, so only layers with codes
-    within [-64, 64] use it; both layers stay bit-identical to the student; the packed weight is rebuilt
-    when the codes change and left out of copies."""
+    within [-64, 64] use it (all layers where VNNI makes it exact); both layers stay bit-identical to the
+    student; the packed weight is rebuilt when the codes change and left out of copies."""
     import copy
 
-    from sdq.quant.onednn_gemm import OnednnIntGemm
+    from sdq.quant.onednn_gemm import OnednnIntGemm, onednn_full_range
 
     w7, w8 = layer(weight=WEIGHT.replace(bits=7)), layer()
     i7, i8 = Int8Linear.from_quant_linear(w7), Int8Linear.from_quant_linear(w8)
     x = torch.randn(9, 48) * 4
     with torch.no_grad():
         assert torch.equal(i7(x), w7(x)) and torch.equal(i8(x), w8(x))
-        assert isinstance(i7.__dict__["_dnnl"][1], OnednnIntGemm) and i8.__dict__["_dnnl"][1] is None
-        assert "_ort" in i8.__dict__ and "_ort" not in i7.__dict__
+        full = onednn_full_range()
+        assert isinstance(i7.__dict__["_dnnl"][1], OnednnIntGemm)
+        assert isinstance(i8.__dict__["_dnnl"][1], OnednnIntGemm) if full else i8.__dict__["_dnnl"][1] is None
+        assert ("_ort" in i8.__dict__) != full and "_ort" not in i7.__dict__
         other = copy.deepcopy(w7)  # same input quantizer, other weight codes
         other.weight.mul_(-0.5)
         i7.load_state_dict(Int8Linear.from_quant_linear(other).state_dict())
         assert torch.equal(i7(x), other(x))
         assert "_dnnl" not in copy.deepcopy(i7).__dict__
-    with pytest.raises(ValueError, match="within"):
-        OnednnIntGemm(i8.codes)
+    if not full:
+        with pytest.raises(ValueError, match="within"):
+            OnednnIntGemm(i8.codes)
+
+
+def test_onednn_full_range_only_where_8bit_codes_are_exact():
+    """8-bit codes go to oneDNN only where its product at their largest pair sums (inputs 255 against codes
+    -128 / 127) equals the int64 one: never on CPUs without VNNI, whose vpmaddubsw saturates them."""
+    from sdq.quant.onednn_gemm import _exact_at, onednn_available, onednn_full_range
+
+    if not onednn_available():
+        pytest.skip("torch's oneDNN int8 linear does not run exactly on this CPU/build")
+    g = torch.Generator().manual_seed(3)
+    codes = torch.where(torch.rand(32, 512, generator=g) < 0.5, -128, 127).to(torch.int8)  # (N, K)
+    codes[:4] = -128
+    a = torch.randint(0, 256, (20, 512), generator=g).to(torch.uint8)  # (M, K)
+    a[:4] = 255
+    packed = torch.ops.onednn.qlinear_prepack(codes, None)
+    out = torch.ops.onednn.qlinear_pointwise(a, 1.0, 0, packed, torch.ones(32), torch.zeros(32, dtype=torch.int64),
+                                             None, 1.0, 0, torch.float32, "none", [], "")
+    exact = torch.equal(out.long(), a.long() @ codes.long().t())
+    assert _exact_at(-128, 127) == exact
+    assert onednn_full_range() == (exact and torch.cpu._is_vnni_supported())
+    if not torch.cpu._is_vnni_supported():
+        assert not exact  # the saturation the 7-bit restriction exists for
 
 
 def test_onednn_gemm_exact_at_the_largest_7bit_pair_sums():

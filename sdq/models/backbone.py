@@ -2,7 +2,9 @@
 
 Names a user types (``model.name_or_path``): ``me5_small`` (embedded multilingual-e5-small, offline),
 ``tiny`` (random 2-layer XLM-R for tests), ``xlmr`` (xlm-roberta-base), ``infoxlm``
-(microsoft/infoxlm-base), a local HF dir, or any HF encoder id.
+(microsoft/infoxlm-base), a local HF dir, or any HF encoder id. ``me5_small_random`` and
+``xlmr_base_random`` build those architectures with random weights (timing only: benchmarks run them
+where the real weights are not at hand, e.g. on a lent GPU machine).
 
 >>> path = resolve_backbone("me5_small")           # ~/.cache/sdq/me5_small
 >>> tok = load_tokenizer("tiny")
@@ -29,6 +31,15 @@ HUB_ALIASES = {
 HEADS = ("seq_cls", "token_cls", "rank")
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
         "vocab_size": 250002, "max_position_embeddings": 514, "type_vocab_size": 1}
+_XLMR = {"max_position_embeddings": 514, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
+RANDOM_ARCHS = {  # name -> XLMRobertaConfig fields of a real architecture, random init
+    "me5_small_random": {**_XLMR, "vocab_size": 250037, "hidden_size": 384, "num_hidden_layers": 12,
+                         "num_attention_heads": 12, "intermediate_size": 1536, "type_vocab_size": 2,
+                         "layer_norm_eps": 1e-12},
+    "xlmr_base_random": {**_XLMR, "vocab_size": 250002, "hidden_size": 768, "num_hidden_layers": 12,
+                         "num_attention_heads": 12, "intermediate_size": 3072, "type_vocab_size": 1,
+                         "layer_norm_eps": 1e-5},
+}
 TINY_SEED = 0
 TINY_VERSION = 1
 
@@ -124,8 +135,12 @@ def build_model(name_or_path: str, head: Head, num_labels: int, cache_dir: str |
                              "use head=seq_cls, token_cls or rank")
     if int(num_labels) < 1:
         raise SdqConfigError(f"num_labels={num_labels} for head '{head}' must be >= 1")
-    resolved = resolve_backbone(name_or_path, cache_dir)
     auto = AutoModelForTokenClassification if head == "token_cls" else AutoModelForSequenceClassification
+    if str(name_or_path) in RANDOM_ARCHS:  # random weights from torch's global RNG (seed it first)
+        from transformers import XLMRobertaConfig
+
+        return auto.from_config(XLMRobertaConfig(**RANDOM_ARCHS[str(name_or_path)], num_labels=int(num_labels)), **kw)
+    resolved = resolve_backbone(name_or_path, cache_dir)
     with model_errors(resolved):
         return auto.from_pretrained(resolved, num_labels=int(num_labels), **{**_load_kwargs(resolved), **kw})
 
