@@ -168,6 +168,8 @@ def test_resolve_backbone_names(sdq_cache, tmp_path):
         resolve_backbone(str(tmp_path / "missing" / "dir"))
     with pytest.raises(SdqConfigError):
         resolve_backbone("")
+    with pytest.raises(SdqConfigError, match="random-weight architecture for timing"):
+        resolve_backbone("xlmr_base_random")  # build_model only: no tokenizer or weights to resolve to
 
 
 def test_tiny_is_deterministic_and_matches_spec(sdq_cache, tmp_path):

@@ -80,6 +80,9 @@ def resolve_backbone(name_or_path: str, cache_dir: str | Path | None = None) -> 
     name = str(name_or_path).strip()
     if not name:
         raise SdqConfigError("model.name_or_path is empty; use model=me5_small, model=tiny or a HF dir/id")
+    if name in RANDOM_ARCHS:
+        raise SdqConfigError(f"'{name}' is a random-weight architecture for timing benchmarks (build_model only, "
+                             "no weights or tokenizer on disk); use model=me5_small, model=tiny or a HF dir/id")
     if name in EMBEDDED_ALIASES:
         return str(ensure_me5_small(cache_dir))
     if name == "tiny":
