@@ -5,8 +5,9 @@ onnxruntime with the student's own scales; and in torch, int8 GEMMs, bit-identic
 the input quantization compiled into one pass (``compile=True``); 7-bit weights run the fast u8 x s8
 kernels exactly on CPUs without VNNI; with VNNI, ``torch._int_mm`` and, beside it, oneDNN's GEMM with the
 epilogue fused) and W4 (weight-only, dequantized float weights in onnxruntime); torch ``quantize_dynamic``
-int8; onnxruntime ``quantize_dynamic`` int8 on the plain ONNX export. Latency at batch 1 and throughput at batch 32 (seq 128), timed round-robin (min of ``--reps``) so that load from
-other processes hits every variant alike; packed checkpoint sizes at W8/W4/W2 vs the fp32 checkpoint;
+int8; onnxruntime ``quantize_dynamic`` int8 on the plain ONNX export. Latency at batch 1 and throughput at
+batch 32 (seq 128), timed round-robin (min of ``--reps``) so that load from other processes hits every
+variant alike; packed checkpoint sizes at W8/W4/W2 vs the fp32 checkpoint;
 agreement of the int8 model with the fake-quantized student.
 
     python benchmarks/export_speed.py                    # me5_small, ~4 min on 2 cores

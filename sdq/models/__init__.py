@@ -17,5 +17,5 @@ from sdq.models.backbone import (
 )
 from sdq.models.embedded import ensure_me5_small
 
-__all__ = ["EMBEDDED_ALIASES", "HEADS", "HUB_ALIASES", "RANDOM_ARCHS", "build_model", "ensure_me5_small", "ensure_tiny",
-           "load_tokenizer", "resolve_backbone", "set_dropout"]
+__all__ = ["EMBEDDED_ALIASES", "HEADS", "HUB_ALIASES", "RANDOM_ARCHS", "build_model", "ensure_me5_small",
+           "ensure_tiny", "load_tokenizer", "resolve_backbone", "set_dropout"]

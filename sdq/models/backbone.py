@@ -142,7 +142,8 @@ def build_model(name_or_path: str, head: Head, num_labels: int, cache_dir: str |
     if str(name_or_path) in RANDOM_ARCHS:  # random weights from torch's global RNG (seed it first)
         from transformers import XLMRobertaConfig
 
-        return auto.from_config(XLMRobertaConfig(**RANDOM_ARCHS[str(name_or_path)], num_labels=int(num_labels)), **kw)
+        cfg = XLMRobertaConfig(**RANDOM_ARCHS[str(name_or_path)], num_labels=int(num_labels))
+        return auto.from_config(cfg, **kw)
     resolved = resolve_backbone(name_or_path, cache_dir)
     with model_errors(resolved):
         return auto.from_pretrained(resolved, num_labels=int(num_labels), **{**_load_kwargs(resolved), **kw})

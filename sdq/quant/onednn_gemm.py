@@ -6,9 +6,10 @@ multiplies byte pairs with ``vpmaddubsw`` where the CPU has no VNNI: its int16 p
 weight codes (a 64 x 512 x 96 product on codes +-127/128 was off by 8.3e6 here), but weight codes within
 [-64, 64] keep them within 2 * 255 * 64 = 32640, so the int32 result is exact (7-bit weights,
 ``quant=w7a8_int8``). With VNNI (or AMX) the byte products go straight into int32 and full 8-bit codes are
-exact too (:func:`onednn_full_range`, checked at runtime at the largest pair sums). It runs in torch's own thread pool: no hand-over of the cores to another runtime
-between the GEMM and the torch ops around it (with onnxruntime's pool in between, ``OMP_WAIT_POLICY=PASSIVE``
-took ~0.3 s off a me5_small batch of 32 x 128: torch's OpenMP threads spin while onnxruntime's run).
+exact too (:func:`onednn_full_range`, checked at runtime at the largest pair sums). It runs in torch's own
+thread pool: no hand-over of the cores to another runtime between the GEMM and the torch ops around it
+(with onnxruntime's pool in between, ``OMP_WAIT_POLICY=PASSIVE`` took ~0.3 s off a me5_small batch of
+32 x 128: torch's OpenMP threads spin while onnxruntime's run).
 
 Unit scales and an fp32 output make oneDNN return ``sum_k (a - z) w`` as floats, exact below 2^24. Given
 the per-channel scales ``comb`` (N,) and a bias, oneDNN also applies the student's epilogue inside the GEMM:
