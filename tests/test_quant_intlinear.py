@@ -195,7 +195,14 @@ def test_onednn_kernel_runs_7bit_codes_and_leaves_8bit_ones_to_onnxruntime(kerne
 def test_onednn_full_range_only_where_8bit_codes_are_exact():
     """8-bit codes go to oneDNN only where its product at their largest pair sums (inputs 255 against codes
     -128 / 127) equals the int64 one: never on CPUs without VNNI, whose vpmaddubsw saturates them."""
-    from sdq.quant.onednn_gemm import _exact_at, onednn_available, onednn_full_range
+    from sdq.quant.onednn_gemm import (
+        _exact_at,
+        _qlinear,
+        onednn_available,
+        onednn_exact_on,
+        onednn_full_range,
+    )
+    from sdq.quant.ort_gemm import cpu_has_vnni
 
     if not onednn_available():
         pytest.skip("torch's oneDNN int8 linear does not run exactly on this CPU/build")
@@ -204,13 +211,13 @@ def test_onednn_full_range_only_where_8bit_codes_are_exact():
     codes[:4] = -128
     a = torch.randint(0, 256, (20, 512), generator=g).to(torch.uint8)  # (M, K)
     a[:4] = 255
-    packed = torch.ops.onednn.qlinear_prepack(codes, None)
-    out = torch.ops.onednn.qlinear_pointwise(a, 1.0, 0, packed, torch.ones(32), torch.zeros(32, dtype=torch.int64),
-                                             None, 1.0, 0, torch.float32, "none", [], "")
+    out = _qlinear(a, 0, torch.ops.onednn.qlinear_prepack(codes, None), torch.ones(32),
+                   torch.zeros(32, dtype=torch.int64), None)
     exact = torch.equal(out.long(), a.long() @ codes.long().t())
     assert _exact_at(-128, 127) == exact
-    assert onednn_full_range() == (exact and torch.cpu._is_vnni_supported())
-    if not torch.cpu._is_vnni_supported():
+    assert onednn_full_range() == (exact and cpu_has_vnni())
+    assert onednn_exact_on(codes) == onednn_full_range() and onednn_exact_on(codes.clamp(-64, 64))
+    if not cpu_has_vnni():
         assert not exact  # the saturation the 7-bit restriction exists for
 
 

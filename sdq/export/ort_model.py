@@ -15,7 +15,6 @@ their pair sums stay within 2 * 255 * 64 = 32640, exact without VNNI.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,18 +23,7 @@ import torch
 from torch import nn
 
 from sdq.errors import SdqError
-
-
-@functools.cache
-def cpu_has_vnni() -> bool:
-    """x86 AVX-512 VNNI or AVX-VNNI (Linux cpu flags; elsewhere torch's probe): u8 x s8 int8 GEMMs exact."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(ln for ln in f if ln.startswith("flags")).split()
-        return "avx512_vnni" in flags or "avx_vnni" in flags
-    except (OSError, StopIteration):
-        probe = getattr(torch.cpu, "_is_vnni_supported", None)
-        return bool(probe()) if probe is not None else False
+from sdq.quant.ort_gemm import cpu_has_vnni
 
 
 def s8_weights_to_u8(model) -> int:

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from sdq.quant.fused_codes import gemm_codes
-from sdq.quant.onednn_gemm import OnednnIntGemm, onednn_available, onednn_full_range, onednn_fused_epilogue
-from sdq.quant.ort_gemm import OrtIntGemm, ort_available, s8_exact
+from sdq.quant.onednn_gemm import OnednnIntGemm, onednn_available, onednn_exact_on, onednn_fused_epilogue
+from sdq.quant.ort_gemm import OrtIntGemm, ort_available
 from sdq.quant.uniform import UniformQuantizer
 
 
@@ -211,14 +211,14 @@ class Int8Linear(nn.Module):
         return y if gemm.fused else rescale(y, self.comb, self.bias)
 
     def _onednn(self) -> OnednnIntGemm | None:
-        """oneDNN's packed weight (and epilogue) when its GEMM is exact on the codes: within [-64, 64], or any
-        int8 codes on CPUs with VNNI / AMX (:func:`onednn_full_range`); else None. Rebuilt when the codes, scales
-        or bias change."""
+        """oneDNN's packed weight (and epilogue) when its GEMM is exact on the codes (within [-64, 64], or any
+        int8 codes on CPUs with VNNI: :func:`~sdq.quant.onednn_gemm.onednn_exact_on`), else None; rebuilt when
+        the codes, scales or bias change."""
         key = tuple((t.data_ptr(), t._version) for t in (self.codes, self.comb, self.bias) if t is not None)
         cached = self.__dict__.get("_dnnl")
         if cached is None or cached[0] != key:
             gemm = None
-            if s8_exact(self.codes) or onednn_full_range():
+            if onednn_exact_on(self.codes):
                 gemm = OnednnIntGemm(self.codes, self.comb, self.bias) if onednn_fused_epilogue() else \
                     OnednnIntGemm(self.codes)
             cached = (key, gemm)

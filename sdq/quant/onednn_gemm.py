@@ -27,7 +27,7 @@ import functools
 
 import torch
 
-from sdq.quant.ort_gemm import s8_exact
+from sdq.quant.ort_gemm import cpu_has_vnni, s8_exact
 
 
 def _qlinear(a: torch.Tensor, z: int, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
@@ -43,7 +43,7 @@ class OnednnIntGemm:
     def __init__(self, codes: torch.Tensor, comb: torch.Tensor | None = None, bias: torch.Tensor | None = None):
         if codes.dtype != torch.int8 or codes.dim() != 2:
             raise ValueError(f"OnednnIntGemm needs (N, K) int8 codes, got {tuple(codes.shape)} {codes.dtype}")
-        if not (s8_exact(codes) or onednn_full_range()):
+        if not onednn_exact_on(codes):
             raise ValueError("OnednnIntGemm needs weight codes within [-64, 64] on this CPU (no VNNI: wider "
                              f"codes saturate); got [{int(codes.min())}, {int(codes.max())}]")
         n, self.fused = codes.shape[0], comb is not None
@@ -91,12 +91,17 @@ def _exact_at(lo: int, hi: int) -> bool:
 
 @functools.cache
 def onednn_full_range() -> bool:
-    """True when oneDNN's u8 x s8 GEMM is exact on full int8 weight codes here: CPUs with VNNI or AMX
-    (``torch.cpu._is_vnni_supported``) accumulate byte products in int32, with no int16 pair sums to saturate;
-    checked once per process at inputs 255 against codes -128 and 127. False without VNNI (AVX2's
+    """True when oneDNN's u8 x s8 GEMM is exact on full int8 weight codes here: CPUs with VNNI (AMX CPUs have
+    it too, :func:`~sdq.quant.ort_gemm.cpu_has_vnni`) accumulate byte products in int32, with no int16 pair sums
+    to saturate; checked once per process at inputs 255 against codes -128 and 127. False without VNNI (AVX2's
     ``vpmaddubsw`` saturates there: 7-bit codes only)."""
-    vnni = getattr(torch.cpu, "_is_vnni_supported", None)
-    return bool(onednn_available() and vnni is not None and vnni() and _exact_at(-128, 127))
+    return onednn_available() and cpu_has_vnni() and _exact_at(-128, 127)
+
+
+def onednn_exact_on(codes: torch.Tensor) -> bool:
+    """True when :class:`OnednnIntGemm` is exact on these int8 weight codes here: within [-64, 64], or any
+    codes where :func:`onednn_full_range`."""
+    return s8_exact(codes) or onednn_full_range()
 
 
 @functools.cache

@@ -62,6 +62,18 @@ def session_options(threads: int | None = None, optimize: bool = True):
 S8_EXACT = 64  # |weight code| <= 64: u8 x s8 pair sums <= 2 * 255 * 64 = 32640 fit int16 (no saturation)
 
 
+@functools.cache
+def cpu_has_vnni() -> bool:
+    """x86 AVX-512 VNNI or AVX-VNNI (Linux cpu flags; elsewhere torch's probe): u8 x s8 int8 GEMMs exact."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(ln for ln in f if ln.startswith("flags")).split()
+        return "avx512_vnni" in flags or "avx_vnni" in flags
+    except (OSError, StopIteration):
+        probe = getattr(torch.cpu, "_is_vnni_supported", None)
+        return bool(probe()) if probe is not None else False
+
+
 def s8_exact(codes: torch.Tensor | np.ndarray) -> bool:
     """True when int8 weight ``codes`` are within [-64, 64]: exact on every u8 x s8 kernel, incl. the
     saturating ``vpmaddubsw`` of x86 CPUs without VNNI (e.g. 7-bit symmetric weights, [-64, 63])."""
