@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     res: dict = {"model": args.model, "threads": args.threads, "seq": args.seq, "batch": args.batch,
                  "cpu": cpu_line()}
     print(res["cpu"], flush=True)
+    kernel = int8_kernel(torch.device("cpu"))  # which GEMM our int8 backend runs here
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -166,14 +167,14 @@ def main(argv: list[str] | None = None) -> dict:
                     models[f"ours_{tag}_onnx_s8"] = OrtModel(tmp / tag / "model.onnx", args.threads, u8_weights=False)
             if act:
                 models[f"ours_{tag}_torch_int8"] = load_quantized(tmp / tag, backend="int8")
-                if bits == 8 and int8_kernel(torch.device("cpu")) != "fp32":  # the exact fallback, timed beside it
+                if bits == 8 and kernel != "fp32":  # the exact fallback, timed beside it
                     models[f"ours_{tag}_torch_int8_fp32gemm"] = Forced(models[f"ours_{tag}_torch_int8"], "fp32")
-                if bits == 7 and int8_kernel(torch.device("cpu")) == "onednn":  # its alternative, timed beside it
+                if bits == 7 and kernel == "onednn":  # its alternative, timed beside it
                     models[f"ours_{tag}_torch_int8_ort"] = Forced(models[f"ours_{tag}_torch_int8"], "ort")
-                if bits == 7 or int8_kernel(torch.device("cpu")) == "int_mm":  # input codes in one compiled pass
+                if bits == 7 or kernel == "int_mm":  # input codes in one compiled pass
                     models[f"ours_{tag}_torch_int8_compiled"] = load_quantized(tmp / tag, backend="int8", compile=True)
-                if int8_kernel(torch.device("cpu")) == "int_mm" and onednn_full_range():  # VNNI: oneDNN, fused
-                    models[f"ours_{tag}_torch_int8_compiled_onednn"] = Forced(  # epilogue, beside _int_mm
+                if kernel == "int_mm" and onednn_full_range():  # VNNI: oneDNN + fused epilogue, beside _int_mm
+                    models[f"ours_{tag}_torch_int8_compiled_onednn"] = Forced(
                         models[f"ours_{tag}_torch_int8_compiled"], "onednn")
                 for backend in [b for b in ("onnx", "onnx_s8", "torch_int8", "torch_int8_fp32gemm", "torch_int8_ort",
                                             "torch_int8_compiled", "torch_int8_compiled_onednn")
