@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import nn
 
 from sdq.distill import DistillLoss, capture
@@ -109,6 +111,12 @@ class SDQModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self._maybe_bf16_teacher()
+        if self.teacher is not None:  # in eval mode by design: mute Lightning's notice for exactly its
+            n = sum(1 for _ in self.teacher.modules())  # modules; a student module in eval mode still warns
+            warnings.filterwarnings(
+                "ignore", message=rf"Found {n} module\(s\) in eval mode at the start of training",
+                category=PossibleUserWarning,
+            )
 
     def on_test_start(self) -> None:
         self._maybe_bf16_teacher()
