@@ -2,7 +2,8 @@
 
 One run, same model, same inputs, same threads: torch FP32; our exported W8A8 and W7A8 (static int8
 onnxruntime with the student's own scales; and in torch, int8 GEMMs, bit-identical to the student, also with
-the input quantization compiled into one pass (``compile=True``); 7-bit weights run the fast u8 x s8
+the input quantization compiled into one pass (``compile=True``), with and without the Q/K/V and GELU
+fusions; 7-bit weights run the fast u8 x s8
 kernels exactly on CPUs without VNNI; with VNNI, ``torch._int_mm`` and, beside it, oneDNN's GEMM with the
 epilogue fused) and W4 (weight-only, dequantized float weights in onnxruntime); torch ``quantize_dynamic``
 int8; onnxruntime ``quantize_dynamic`` int8 on the plain ONNX export. Latency at batch 1 and throughput at
@@ -173,11 +174,15 @@ def main(argv: list[str] | None = None) -> dict:
                     models[f"ours_{tag}_torch_int8_ort"] = Forced(models[f"ours_{tag}_torch_int8"], "ort")
                 if bits == 7 or kernel == "int_mm":  # input codes in one compiled pass
                     models[f"ours_{tag}_torch_int8_compiled"] = load_quantized(tmp / tag, backend="int8", compile=True)
+                if bits == 7:  # without the Q/K/V and GELU fusions (sdq.export.int8_fuse), timed beside them
+                    models[f"ours_{tag}_torch_int8_compiled_unfused"] = load_quantized(tmp / tag, backend="int8",
+                                                                                       compile=True, fuse=False)
                 if kernel == "int_mm" and onednn_full_range():  # VNNI: oneDNN + fused epilogue, beside _int_mm
                     models[f"ours_{tag}_torch_int8_compiled_onednn"] = Forced(
                         models[f"ours_{tag}_torch_int8_compiled"], "onednn")
                 for backend in [b for b in ("onnx", "onnx_s8", "torch_int8", "torch_int8_fp32gemm", "torch_int8_ort",
-                                            "torch_int8_compiled", "torch_int8_compiled_onednn")
+                                            "torch_int8_compiled", "torch_int8_compiled_unfused",
+                                            "torch_int8_compiled_onednn")
                                 if f"ours_{tag}_{b}" in models]:
                     ag = check_agreement(s, models[f"ours_{tag}_{backend}"], calib[:2], raise_on_fail=False)
                     res[f"agreement_{tag}_{backend}"] = {k: ag[k] for k in ("max_logit_diff", "prediction_agreement")}
@@ -204,10 +209,10 @@ def main(argv: list[str] | None = None) -> dict:
             timings[label] = round_robin(fns, reps)
     res["timings_s"] = timings
     bl, bb = timings["batch1"], timings[f"batch{args.batch}"]
-    print(f"\n{'variant':<26} {'b1 latency ms':>14} {'b' + str(args.batch) + ' tok/s':>12} {'vs fp32':>8}")
+    print(f"\n{'variant':<38} {'b1 latency ms':>14} {'b' + str(args.batch) + ' tok/s':>12} {'vs fp32':>8}")
     for k in bb:
         tput = args.batch * args.seq / bb[k]
-        print(f"{k:<26} {bl[k] * 1e3:>14.1f} {tput:>12.0f} {bb['torch_fp32'] / bb[k]:>7.2f}x")
+        print(f"{k:<38} {bl[k] * 1e3:>14.1f} {tput:>12.0f} {bb['torch_fp32'] / bb[k]:>7.2f}x")
     print()
     for k in bb:
         if k != "torch_fp32":

@@ -97,10 +97,12 @@ def build_plain(path: str | Path, meta: dict) -> nn.Module:
     return cls(build_config(path))
 
 
-def load_quantized(path: str | Path, backend: str = "torch", compile: bool = False) -> nn.Module:
+def load_quantized(path: str | Path, backend: str = "torch", compile: bool = False, fuse: bool = True) -> nn.Module:
     """The exported model in eval mode on CPU (see module doc); SdqError on a bad/tampered dir.
     ``compile=True`` (``backend="int8"``): each int8 GEMM's input codes in one fused pass compiled by
-    ``torch.compile`` (:mod:`sdq.quant.fused_codes`: the same codes, checked; ~20 s on first use)."""
+    ``torch.compile`` (:mod:`sdq.quant.fused_codes`: the same codes, checked; ~20 s on first use).
+    ``fuse=False`` (``backend="int8"``): keep Q/K/V as three GEMMs and GELU out of place
+    (:mod:`sdq.export.int8_fuse`; both ways give the student's logits)."""
     if backend not in BACKENDS:
         raise SdqError(f"backend={backend!r} is unknown; use one of: {', '.join(BACKENDS)}")
     if compile and backend != "int8":
@@ -122,7 +124,7 @@ def load_quantized(path: str | Path, backend: str = "torch", compile: bool = Fal
     if backend == "int8":
         from sdq.export.torch_int8 import int8_model
 
-        return int8_model(model, meta, arrays, compile=compile)
+        return int8_model(model, meta, arrays, compile=compile, fuse=fuse)
     return model.eval()
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as TF
 from torch import nn
 
 from sdq.errors import SdqError
+from sdq.export.int8_fuse import fuse_int8
 from sdq.export.pack import codes_of
 from sdq.quant.functional import fake_quant
 from sdq.quant.intlinear import Int8Linear
@@ -58,9 +59,11 @@ def int8_linear(linear: nn.Linear, key: str, packed: dict | None, act: dict,
                       act["qmin"], act["qmax"])
 
 
-def int8_model(plain: nn.Module, meta: dict, arrays: dict[str, np.ndarray], compile: bool = False) -> nn.Module:
+def int8_model(plain: nn.Module, meta: dict, arrays: dict[str, np.ndarray], compile: bool = False,
+               fuse: bool = True) -> nn.Module:
     """Swap the quantized-input Linears of ``plain`` (dequantized state loaded) in place; returns it.
-    ``compile``: the Int8Linears quantize their inputs in one compiled pass (:mod:`sdq.quant.fused_codes`)."""
+    ``compile``: the Int8Linears quantize their inputs in one compiled pass (:mod:`sdq.quant.fused_codes`).
+    ``fuse``: Q/K/V as one GEMM and GELU in place on its GEMM's output (:mod:`sdq.export.int8_fuse`, exact)."""
     if meta.get("attention_quantized"):
         raise SdqError("this export quantizes attention internals (Q/K/V/probs), which backend=int8 does not "
                        "reproduce; load it with backend=onnx")
@@ -75,4 +78,6 @@ def int8_model(plain: nn.Module, meta: dict, arrays: dict[str, np.ndarray], comp
             if new is not None:
                 new.compiled = compile
             setattr(mod, child, new if new is not None else ActQuantLinear(lin, acts[full]))
+    if fuse:
+        fuse_int8(plain)
     return plain.eval()

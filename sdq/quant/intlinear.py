@@ -157,6 +157,7 @@ class Int8Linear(nn.Module):
         self.inv = float(1.0 / s_x)  # the fake-quant kernel's reciprocal, exactly representable as a double
         self.z, self.qmin, self.qmax = float(act_zero_point), float(act_qmin), float(act_qmax)
         self.compiled = False  # True: the input codes in one torch.compile'd pass (exact; int_mm/onednn kernels)
+        self.gelu: str | None = None  # "none" / "tanh": torch's GELU on the output, in place (sdq.export.int8_fuse)
         self.mid = float((int(act_qmin) + int(act_qmax) + 1) // 2)  # [0, 255] -> 128: c - 128 fits int8
         self.register_buffer("codes", codes.to(torch.int8).contiguous())
         self.register_buffer("comb", combined_scale(s_x, w_scale.float(), n))
@@ -175,25 +176,47 @@ class Int8Linear(nn.Module):
         return cls(wq.quantize_int(layer.weight)[0], wq.scale.detach(), layer.bias, float(aq.scale.reshape(())),
                    float(aq.zero_point.reshape(())), qmin, qmax)
 
+    @classmethod
+    def concat(cls, layers: list[Int8Linear]) -> Int8Linear | None:
+        """One Int8Linear over the rows of ``layers`` (e.g. Q/K/V) when they quantize their input alike and all or
+        none have a bias, else None: each output element is the same integer sum and the same epilogue, so
+        ``concat(ls)(x)`` equals ``cat([l(x) for l in ls], -1)`` bit for bit."""
+        first = layers[0]
+        same = ("in_features", "inv", "z", "qmin", "qmax", "compiled", "gelu")
+        if any(getattr(m, a) != getattr(first, a) for m in layers for a in same) or \
+                len({m.bias is None for m in layers}) != 1:
+            return None
+        fused = cls.__new__(cls)
+        nn.Module.__init__(fused)
+        fused.__dict__.update({a: getattr(first, a) for a in (*same, "mid")})
+        fused.out_features = sum(m.out_features for m in layers)
+        for name in ("codes", "comb", "corr", "bias"):
+            parts = [getattr(m, name) for m in layers]
+            fused.register_buffer(name, None if parts[0] is None else torch.cat(parts).contiguous())
+        return fused
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
-        x2 = x.reshape(-1, self.in_features)  # (M, K)
+        y = self._forward_2d(x.reshape(-1, self.in_features))  # (M, N), a fresh tensor of ours
+        if self.gelu is not None:  # the model's GELU, torch's own kernel, in place: no second (M, N) buffer
+            torch.ops.aten.gelu_(y, approximate=self.gelu)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _forward_2d(self, x2: torch.Tensor) -> torch.Tensor:  # (M, K) -> (M, N)
         kernel = int8_kernel(x2.device)
         if kernel == "onednn":
             gemm = self._onednn()
             if gemm is not None:
-                return self._onednn_forward(x2, gemm).reshape(*x.shape[:-1], self.out_features)
+                return self._onednn_forward(x2, gemm)
             kernel = "ort" if ort_int_gemm(x2.device) else "fp32"  # 8-bit codes: oneDNN would saturate
         if kernel != "int_mm":
-            y = self._ort_forward(x2) if kernel == "ort" else self._float_codes_forward(x2)
-            return y.reshape(*x.shape[:-1], self.out_features)
+            return self._ort_forward(x2) if kernel == "ort" else self._float_codes_forward(x2)
         q = self._shifted_codes(x2, self.mid, torch.int8)  # c - m in [-128, 127]
         try:
             acc = torch._int_mm(q, self.codes.t())  # (M, N) int32; CPU: oneDNN VNNI
         except RuntimeError:  # shapes/devices the kernel rejects (e.g. CUDA M <= 16): exact via float64
             acc = (q.double() @ self.codes.double().t()).to(torch.int32)
         acc.add_(self.corr)  # sum (c - m) w + (m - z) sum w = sum (c - z) w, exact
-        y = rescale(acc.float(), self.comb, self.bias)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return rescale(acc.float(), self.comb, self.bias)
 
     def _shifted_codes(self, x2: torch.Tensor, shift: float, dtype: torch.dtype) -> torch.Tensor:
         """The student's input codes minus ``shift`` as ``dtype`` (M, K): ``round(x * (1/s))`` (the student's
@@ -255,4 +278,5 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"int8 x int8 -> int32, act zero_point={int(self.z)}" + (", compiled input codes" if self.compiled
-                                                                          else ""))
+                                                                          else "")
+                + (f", gelu={self.gelu!r} in place" if self.gelu is not None else ""))
