@@ -11,7 +11,7 @@ batch 32 (seq 128), timed round-robin (min of ``--reps``) so that load from othe
 variant alike; packed checkpoint sizes at W8/W4/W2 vs the fp32 checkpoint;
 agreement of the int8 model with the fake-quantized student.
 
-    python benchmarks/export_speed.py                    # me5_small, ~4 min on 2 cores
+    python benchmarks/export_speed.py                    # me5_small, ~6 min on 2 cores
     python benchmarks/export_speed.py --quick            # fewer reps, no W4 ONNX, ~2 min
     python benchmarks/export_speed.py --model tiny --quick
     python benchmarks/export_speed.py --model me5_small_random   # the architecture, random weights (timing)
