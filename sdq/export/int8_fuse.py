@@ -1,12 +1,15 @@
 """Two exact fusions of the ``int8`` backend: Q/K/V as one GEMM, GELU in place on its GEMM's output.
 
 - **Q/K/V.** HF's self-attention calls ``query``, ``key`` and ``value`` on the same hidden states. When their
-  :class:`~sdq.quant.intlinear.Int8Linear` quantize the input with the same constants (every PTQ student:
-  one observer per Linear, the same inputs), :meth:`Int8Linear.concat` makes one GEMM over the (3N, K) codes
+  :class:`~sdq.quant.intlinear.Int8Linear` quantize the input with the same constants (three observers
+  calibrated on the same inputs and fixed after that: PTQ and QAT students of ``w8a8_int8``/``w7a8_int8``;
+  learned LSQ steps differ), :meth:`Int8Linear.concat` makes one GEMM over the (3N, K) codes
   that quantizes the input once. Each output element is the same integer sum with the same per-element
   epilogue, so the floats are the student's. :class:`SharedInputPart` modules take the three slots and return
   column views of that output: the first call computes it for the tensor it gets, the other two reuse it
-  when they get the same tensor (same object, unchanged), else they compute afresh.
+  when they get the same tensor (same object, unchanged; an inference-mode tensor has no version counter,
+  so one changed in place between the three calls would go unseen: HF's attention does not do that), else
+  they compute afresh.
 - **GELU.** ``intermediate_act_fn(dense(x))`` becomes ``dense(x)`` with torch's own GELU (the same kernel)
   applied in place on the GEMM's fresh output, and the activation slot an ``nn.Identity``: no second
   (M, 4H) buffer to allocate and fault in.
