@@ -89,8 +89,9 @@ def fuse_int8(model: nn.Module) -> tuple[int, int]:
                     setattr(mod, name, SharedInputPart(mod.qkv_int8, i))
                 n_qkv += 1
         dense, act = getattr(mod, "dense", None), getattr(mod, "intermediate_act_fn", None)
-        if type(dense) is Int8Linear and dense.gelu is None and isinstance(act, nn.Module) and gelu_mode(act):
-            dense.gelu = gelu_mode(act)
+        mode = gelu_mode(act) if isinstance(act, nn.Module) else None
+        if type(dense) is Int8Linear and dense.gelu is None and mode is not None:
+            dense.gelu = mode
             mod.intermediate_act_fn = nn.Identity()
             n_gelu += 1
     return n_qkv, n_gelu
