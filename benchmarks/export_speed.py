@@ -35,18 +35,17 @@ import torch
 def cpu_line() -> str:
     """The CPU and which kernel our ``int8`` backend runs on it (the int8 speed depends on it)."""
     from sdq.export.ort_model import cpu_has_vnni
-    from sdq.quant.intlinear import int8_kernel
+    from sdq.quant.intlinear import int8_kernels
 
     try:
         with open("/proc/cpuinfo") as f:
             name = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
     except (OSError, StopIteration):
         name = "unknown CPU"
-    kernel = {"int_mm": "torch._int_mm (oneDNN, AVX-512 VNNI)",
-              "onednn": "no AVX-512 VNNI (torch._int_mm has no fast CPU kernel): oneDNN u8 x s8 in torch for 7-bit "
-                        "weight codes, onnxruntime u8 x u8 for 8-bit ones (both exact)",
-              "ort": "no AVX-512 VNNI: onnxruntime, u8 x s8 on 7-bit weight codes, u8 x u8 on 8-bit ones (exact)",
-              "fp32": "fp32 GEMM of the int8 codes (no VNNI, no onnxruntime)"}[int8_kernel(torch.device("cpu"))]
+    cpu = torch.device("cpu")
+    kernel = (f"the fastest per GEMM shape (timed on its first call; all exact) of {int8_kernels(cpu, True)} for "
+              f"7-bit weight codes, {int8_kernels(cpu, False)} for 8-bit ones; torch._int_mm has a fast CPU kernel "
+              f"only with AVX-512 VNNI, oneDNN's u8 x s8 is exact on 8-bit codes only there")
     onnx = ("int8 weights (u8 x s8, VNNI)" if cpu_has_vnni() else
             "8-bit weights rewritten as uint8 (u8 x u8: exact; ORT's u8 x s8 saturates without VNNI; _s8 row = as "
             "written), 7-bit weights as int8 (u8 x s8 exact on them)")
@@ -129,8 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
     from sdq.export import check_agreement, export_quantized, load_quantized
     from sdq.export.ort_model import OrtModel, cpu_has_vnni, ort_session
     from sdq.models import build_model
-    from sdq.quant.intlinear import int8_kernel
-    from sdq.quant.onednn_gemm import onednn_full_range
+    from sdq.quant.int8_autotune import tuned
+    from sdq.quant.intlinear import int8_kernels
 
     t0 = time.time()
     g = torch.Generator().manual_seed(0)
@@ -141,7 +140,6 @@ def main(argv: list[str] | None = None) -> dict:
     res: dict = {"model": args.model, "threads": args.threads, "seq": args.seq, "batch": args.batch,
                  "cpu": cpu_line()}
     print(res["cpu"], flush=True)
-    kernel = int8_kernel(torch.device("cpu"))  # which GEMM our int8 backend runs here
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -166,26 +164,23 @@ def main(argv: list[str] | None = None) -> dict:
                 models[f"ours_{tag}_onnx"] = OrtModel(tmp / tag / "model.onnx", threads=args.threads)
                 if bits == 8 and not cpu_has_vnni():  # the default rewrote int8 weights as uint8: time u8 x s8 too
                     models[f"ours_{tag}_onnx_s8"] = OrtModel(tmp / tag / "model.onnx", args.threads, u8_weights=False)
-            if act:
-                models[f"ours_{tag}_torch_int8"] = load_quantized(tmp / tag, backend="int8")
-                if bits == 8 and kernel != "fp32":  # the exact fallback, timed beside it
-                    models[f"ours_{tag}_torch_int8_fp32gemm"] = Forced(models[f"ours_{tag}_torch_int8"], "fp32")
-                if bits == 7 and kernel == "onednn":  # its alternative, timed beside it
-                    models[f"ours_{tag}_torch_int8_ort"] = Forced(models[f"ours_{tag}_torch_int8"], "ort")
-                if bits == 7 or kernel == "int_mm":  # input codes in one compiled pass
-                    models[f"ours_{tag}_torch_int8_compiled"] = load_quantized(tmp / tag, backend="int8", compile=True)
+            if act:  # the int8 backend picks its kernel per shape; each kernel forced beside it
+                kernels = int8_kernels(torch.device("cpu"), s8_codes=bits == 7)
+                ours = f"ours_{tag}_torch_int8"
+                models[ours] = load_quantized(tmp / tag, backend="int8")
+                if bits == 8:  # the exact fallback, timed beside it
+                    models[f"{ours}_fp32gemm"] = Forced(models[ours], "fp32")
+                if bits == 7 or "int_mm" in kernels:  # input codes in one compiled pass
+                    models[f"{ours}_compiled"] = load_quantized(tmp / tag, backend="int8", compile=True)
+                    for k in kernels[:-1]:  # every integer kernel, forced
+                        models[f"{ours}_compiled_{k}"] = Forced(models[f"{ours}_compiled"], k)
                 if bits == 7:  # without the Q/K/V and GELU fusions (sdq.export.int8_fuse), timed beside them
-                    models[f"ours_{tag}_torch_int8_compiled_unfused"] = load_quantized(tmp / tag, backend="int8",
-                                                                                       compile=True, fuse=False)
-                if kernel == "int_mm" and onednn_full_range():  # VNNI: oneDNN + fused epilogue, beside _int_mm
-                    models[f"ours_{tag}_torch_int8_compiled_onednn"] = Forced(
-                        models[f"ours_{tag}_torch_int8_compiled"], "onednn")
-                for backend in [b for b in ("onnx", "onnx_s8", "torch_int8", "torch_int8_fp32gemm", "torch_int8_ort",
-                                            "torch_int8_compiled", "torch_int8_compiled_unfused",
-                                            "torch_int8_compiled_onednn")
-                                if f"ours_{tag}_{b}" in models]:
-                    ag = check_agreement(s, models[f"ours_{tag}_{backend}"], calib[:2], raise_on_fail=False)
-                    res[f"agreement_{tag}_{backend}"] = {k: ag[k] for k in ("max_logit_diff", "prediction_agreement")}
+                    models[f"{ours}_compiled_unfused"] = load_quantized(tmp / tag, backend="int8", compile=True,
+                                                                        fuse=False)
+                for key in [k for k in models if k.startswith(f"ours_{tag}_")]:
+                    ag = check_agreement(s, models[key], calib[:2], raise_on_fail=False)
+                    res[f"agreement_{key.removeprefix('ours_')}"] = {k: ag[k] for k in ("max_logit_diff",
+                                                                                          "prediction_agreement")}
             del s
         res["sizes"] = sizes
         models["torch_quantize_dynamic"] = torch.ao.quantization.quantize_dynamic(
@@ -220,6 +215,10 @@ def main(argv: list[str] | None = None) -> dict:
     for tag, s in sizes.items():
         if isinstance(s, dict):
             print(f"{tag} checkpoint: {s['packed_MB']:.1f} MB, fp32/{tag} size: {s['ratio_vs_fp32_checkpoint']:.2f}x")
+    res["int8_kernel_choices"] = {f"K={k[3]} N={k[4]} rows<={k[5]} compiled={k[6]} of {'/'.join(k[-1])}": c
+                                  for k, c in tuned().items() if k[0] == "Int8Linear"}
+    for shape, choice in res["int8_kernel_choices"].items():
+        print(f"int8 kernel chosen for {shape}: {choice}")
     for key in [k for k in res if k.startswith("agreement_")]:
         print(f"{key.removeprefix('agreement_')} vs its student: {json.dumps(res[key])}")
     print(f"total benchmark time {time.time() - t0:.0f}s")
