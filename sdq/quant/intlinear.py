@@ -72,13 +72,15 @@ def int8_kernels(device: torch.device, s8_codes: bool = True) -> tuple[str, ...]
     (``torch._int_mm``: CUDA, CPU with VNNI), ``onednn`` (torch's oneDNN u8 x s8, CPU: weight codes within
     [-64, 64] (``s8_codes``), or any int8 codes with VNNI), ``ort`` (onnxruntime, CPU), ``fp32`` (the codes in an
     fp32 GEMM, the student's own eval arithmetic). Only the forced one inside :func:`use_int8_kernel`."""
-    if _forced[0] is not None:
-        return (_forced[0],)
-    cpu = device.type == "cpu"
-    found = ["int_mm"] if fast_int_mm(device) else []
-    if cpu and onednn_available() and (s8_codes or onednn_full_range()):
+    return (_forced[0],) if _forced[0] is not None else _kernels_on(device.type, s8_codes)
+
+
+@functools.cache
+def _kernels_on(device_type: str, s8_codes: bool) -> tuple[str, ...]:  # per call of every Int8Linear: cached
+    found = ["int_mm"] if fast_int_mm(torch.device(device_type)) else []
+    if device_type == "cpu" and onednn_available() and (s8_codes or onednn_full_range()):
         found.append("onednn")
-    if ort_int_gemm(device):
+    if ort_int_gemm(torch.device(device_type)):
         found.append("ort")
     return (*found, "fp32")
 
@@ -217,17 +219,21 @@ class Int8Linear(nn.Module):
     def _kernel(self, x2: torch.Tensor) -> str:
         """The fastest exact kernel for this GEMM's shape here, timed on the shape's first call (or the forced
         one): :func:`int8_kernels`, :func:`~sdq.quant.int8_autotune.fastest`."""
-        kernels = int8_kernels(x2.device, self._s8_codes())
+        if _forced[0] is not None:
+            return _forced[0]
+        dev = x2.device.type
+        kernels = _kernels_on(dev, self._s8_codes())
         if len(kernels) == 1:
             return kernels[0]
-        key = ("Int8Linear", x2.device.type, torch.get_num_threads(), self.in_features, self.out_features,
-               rows_bucket(x2.shape[0]), self.compiled, self.bias is not None, kernels)
-        sync = torch.cuda.synchronize if x2.device.type == "cuda" else (lambda: None)
+        key = ("Int8Linear", dev, torch.get_num_threads(), self.in_features, self.out_features,
+               rows_bucket(x2.shape[0]), self.compiled, self._buffers["bias"] is not None, kernels)
+        sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
         return fastest(key, kernels, lambda k: (self._run(x2, k), sync()))
 
     def _s8_codes(self) -> bool:
         """True when the weight codes lie within [-64, 64] (exact on AVX2's u8 x s8 kernels); cached per codes."""
-        key = (self.codes.data_ptr(), self.codes._version)
+        codes = self._buffers["codes"]
+        key = (codes.data_ptr(), codes._version)
         cached = self.__dict__.get("_s8")
         if cached is None or cached[0] != key:
             cached = (key, s8_exact(self.codes))
