@@ -43,8 +43,8 @@ def cpu_line() -> str:
     except (OSError, StopIteration):
         name = "unknown CPU"
     cpu = torch.device("cpu")
-    kernel = (f"the fastest per GEMM shape (timed on its first call; all exact) of {int8_kernels(cpu, True)} for "
-              f"7-bit weight codes, {int8_kernels(cpu, False)} for 8-bit ones; torch._int_mm has a fast CPU kernel "
+    kernel = (f"the first of {int8_kernels(cpu, True)} for 7-bit weight codes, of {int8_kernels(cpu, False)} for "
+              f"8-bit ones (all exact; the *_compiled_<kernel> rows force each); torch._int_mm has a fast CPU kernel "
               f"only with AVX-512 VNNI, oneDNN's u8 x s8 is exact on 8-bit codes only there")
     onnx = ("int8 weights (u8 x s8, VNNI)" if cpu_has_vnni() else
             "8-bit weights rewritten as uint8 (u8 x u8: exact; ORT's u8 x s8 saturates without VNNI; _s8 row = as "
@@ -54,11 +54,13 @@ def cpu_line() -> str:
 
 
 class Forced(torch.nn.Module):
-    """``model`` with :class:`~sdq.quant.intlinear.Int8Linear` forced onto one GEMM kernel."""
+    """A copy of ``model`` with :class:`~sdq.quant.intlinear.Int8Linear` forced onto one GEMM kernel. A copy,
+    not the same weights: a variant timed right after another on the same weights finds them in the CPU's cache
+    (with shared weights, forced rows at batch 1 timed ~6 ms faster than the same kernels in the row before them)."""
 
     def __init__(self, model: torch.nn.Module, kernel: str):
         super().__init__()
-        self.model, self.kernel = model, kernel
+        self.model, self.kernel = copy.deepcopy(model), kernel
 
     def forward(self, *args, **kwargs):
         from sdq.quant.intlinear import use_int8_kernel
@@ -128,7 +130,6 @@ def main(argv: list[str] | None = None) -> dict:
     from sdq.export import check_agreement, export_quantized, load_quantized
     from sdq.export.ort_model import OrtModel, cpu_has_vnni, ort_session
     from sdq.models import build_model
-    from sdq.quant.int8_autotune import tuned
     from sdq.quant.intlinear import int8_kernels
 
     t0 = time.time()
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
                 models[f"ours_{tag}_onnx"] = OrtModel(tmp / tag / "model.onnx", threads=args.threads)
                 if bits == 8 and not cpu_has_vnni():  # the default rewrote int8 weights as uint8: time u8 x s8 too
                     models[f"ours_{tag}_onnx_s8"] = OrtModel(tmp / tag / "model.onnx", args.threads, u8_weights=False)
-            if act:  # the int8 backend picks its kernel per shape; each kernel forced beside it
+            if act:  # the int8 backend, and beside it each exact kernel that runs here, forced
                 kernels = int8_kernels(torch.device("cpu"), s8_codes=bits == 7)
                 ours = f"ours_{tag}_torch_int8"
                 models[ours] = load_quantized(tmp / tag, backend="int8")
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
                     models[f"{ours}_fp32gemm"] = Forced(models[ours], "fp32")
                 if bits == 7 or "int_mm" in kernels:  # input codes in one compiled pass
                     models[f"{ours}_compiled"] = load_quantized(tmp / tag, backend="int8", compile=True)
-                    for k in kernels[:-1]:  # every integer kernel, forced
+                    for k in kernels[1:-1]:  # the other integer kernels, forced
                         models[f"{ours}_compiled_{k}"] = Forced(models[f"{ours}_compiled"], k)
                 if bits == 7:  # without the Q/K/V and GELU fusions (sdq.export.int8_fuse), timed beside them
                     models[f"{ours}_compiled_unfused"] = load_quantized(tmp / tag, backend="int8", compile=True,
@@ -215,10 +216,6 @@ def main(argv: list[str] | None = None) -> dict:
     for tag, s in sizes.items():
         if isinstance(s, dict):
             print(f"{tag} checkpoint: {s['packed_MB']:.1f} MB, fp32/{tag} size: {s['ratio_vs_fp32_checkpoint']:.2f}x")
-    res["int8_kernel_choices"] = {f"K={k[3]} N={k[4]} rows<={k[5]} compiled={k[6]} of {'/'.join(k[-1])}": c
-                                  for k, c in tuned().items() if k[0] == "Int8Linear"}
-    for shape, choice in res["int8_kernel_choices"].items():
-        print(f"int8 kernel chosen for {shape}: {choice}")
     for key in [k for k in res if k.startswith("agreement_")]:
         print(f"{key.removeprefix('agreement_')} vs its student: {json.dumps(res[key])}")
     print(f"total benchmark time {time.time() - t0:.0f}s")

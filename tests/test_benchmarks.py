@@ -30,10 +30,8 @@ def test_export_speed_runs_on_tiny(capsys):
     assert "ours_w8a8_torch_int8/fp32 throughput" in out and "ort_quantize_dynamic/fp32 throughput" in out
     for tag in ("w8a8", "w7a8"):
         assert res[f"agreement_{tag}_torch_int8"] == {"max_logit_diff": 0.0, "prediction_agreement": 100.0}
-    for key in [k for k in res if k.startswith("agreement_w7a8_torch_int8_compiled")]:  # auto and each forced kernel
+    assert "agreement_w7a8_torch_int8_compiled" in res
+    for key in [k for k in res if k.startswith("agreement_w7a8_torch_int8_compiled")]:  # default, forced kernels
         assert res[key] == {"max_logit_diff": 0.0, "prediction_agreement": 100.0}, key
-    assert "agreement_w7a8_torch_int8_compiled_ort" in res  # onnxruntime is a dependency
-    choices = res["int8_kernel_choices"]  # the autotuned models' kernels, per GEMM shape: one of the candidates
-    assert choices and all(c in shape.rsplit(" of ", 1)[1].split("/") for shape, c in choices.items())
     assert "ours_w7a8_onnx/fp32 throughput" in out and "w7a8_torch_int8 vs its student" in out
     assert res["sizes"]["w8a8"]["ratio_vs_fp32_checkpoint"] > 1.0

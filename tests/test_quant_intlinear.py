@@ -11,6 +11,7 @@ from sdq.quant.intlinear import (
     KERNELS,
     Int8Linear,
     fast_int_mm,
+    int8_kernel,
     int8_kernels,
     int_domain_linear,
     int_domain_ok,
@@ -236,10 +237,10 @@ def test_onednn_gemm_exact_at_the_largest_7bit_pair_sums():
 
 
 def test_kernel_choice():
-    before = int8_kernels(torch.device("cpu"))
+    before = int8_kernel(torch.device("cpu"))
     with use_int8_kernel("fp32"):
-        assert int8_kernels(torch.device("cpu")) == ("fp32",)
-    assert int8_kernels(torch.device("cpu")) == before
+        assert int8_kernel(torch.device("cpu")) == "fp32" and int8_kernels(torch.device("cpu")) == ("fp32",)
+    assert int8_kernel(torch.device("cpu")) == before
     with pytest.raises(ValueError, match="unknown int8 kernel"), use_int8_kernel("vnni"):
         pass
 
@@ -253,6 +254,14 @@ def test_kernels_that_run_here():
     full = onednn_available() and onednn_full_range()  # 8-bit codes saturate oneDNN's u8 x s8 without VNNI
     assert int8_kernels(cpu, s8_codes=False) == (*head, *(("onednn",) if full else ()), "ort", "fp32")
     assert int8_kernels(torch.device("cuda")) == ("int_mm", "fp32")
+
+
+def test_auto_kernel_choice():
+    from sdq.quant.onednn_gemm import onednn_available
+
+    cpu = torch.device("cpu")  # onnxruntime is a dependency
+    expect = "int_mm" if fast_int_mm(cpu) else "onednn" if onednn_available() else "ort"
+    assert int8_kernel(torch.device("cpu")) == expect and int8_kernel(torch.device("cuda")) == "int_mm"
 
 
 @pytest.mark.parametrize("kernel", ["ort"], indirect=True)

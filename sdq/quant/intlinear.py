@@ -10,7 +10,7 @@ factored out of the sum, as integer hardware does::
 ``c_x @ c_w^T`` is an integer, exact in fp32 while |partial sums| < 2^24, so the student's eval forward
 (:func:`int_domain_linear`, fp32 matmul of codes) and :class:`Int8Linear` (``torch._int_mm`` int8 x int8
 -> int32; on CPUs without VNNI oneDNN's u8 x s8 for 7-bit weight codes or onnxruntime's exact integer
-GEMMs: :func:`int8_kernels`, the fastest here timed per shape) produce
+GEMMs: :func:`int8_kernel`) produce
 identical floats: the exported model is provably the student. Mathematically it is the
 fake-quantized product ``fq(x) @ fq(w)^T + b``; only float rounding differs from the training forward.
 
@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from sdq.quant.fused_codes import gemm_codes
-from sdq.quant.int8_autotune import fastest, rows_bucket
 from sdq.quant.onednn_gemm import (
     OnednnIntGemm,
     onednn_available,
@@ -37,7 +36,7 @@ from sdq.quant.onednn_gemm import (
     onednn_full_range,
     onednn_fused_epilogue,
 )
-from sdq.quant.ort_gemm import OrtIntGemm, ort_available, s8_exact
+from sdq.quant.ort_gemm import OrtIntGemm, ort_available
 from sdq.quant.uniform import UniformQuantizer
 
 
@@ -67,12 +66,18 @@ _forced: list[str | None] = [None]
 
 
 def int8_kernels(device: torch.device, s8_codes: bool = True) -> tuple[str, ...]:
-    """The exact GEMM kernels :class:`Int8Linear` can run on ``device`` (all give the same floats; it times
-    them on each shape's first call and keeps the fastest: :mod:`sdq.quant.int8_autotune`): ``int_mm``
-    (``torch._int_mm``: CUDA, CPU with VNNI), ``onednn`` (torch's oneDNN u8 x s8, CPU: weight codes within
-    [-64, 64] (``s8_codes``), or any int8 codes with VNNI), ``ort`` (onnxruntime, CPU), ``fp32`` (the codes in an
-    fp32 GEMM, the student's own eval arithmetic). Only the forced one inside :func:`use_int8_kernel`."""
+    """The exact GEMM kernels :class:`Int8Linear` can run on ``device``, all giving the same floats, the one it
+    runs first (:func:`int8_kernel`): ``int_mm`` (``torch._int_mm``: CUDA, CPU with VNNI), ``onednn`` (torch's
+    oneDNN u8 x s8, CPU: weight codes within [-64, 64] (``s8_codes``), or any int8 codes with VNNI), ``ort``
+    (onnxruntime, CPU), ``fp32`` (the codes in an fp32 GEMM, the student's own eval arithmetic). Only the forced
+    one inside :func:`use_int8_kernel`."""
     return (_forced[0],) if _forced[0] is not None else _kernels_on(device.type, s8_codes)
+
+
+def int8_kernel(device: torch.device) -> str:
+    """Which GEMM :class:`Int8Linear` runs on ``device``: the first of :func:`int8_kernels` (layers whose 8-bit
+    codes oneDNN would saturate run ``ort`` instead, else ``fp32``)."""
+    return int8_kernels(device)[0]
 
 
 @functools.cache
@@ -214,33 +219,7 @@ class Int8Linear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def _forward_2d(self, x2: torch.Tensor) -> torch.Tensor:  # (M, K) -> (M, N)
-        return self._run(x2, self._kernel(x2))
-
-    def _kernel(self, x2: torch.Tensor) -> str:
-        """The fastest exact kernel for this GEMM's shape here, timed on the shape's first call (or the forced
-        one): :func:`int8_kernels`, :func:`~sdq.quant.int8_autotune.fastest`."""
-        if _forced[0] is not None:
-            return _forced[0]
-        dev = x2.device.type
-        kernels = _kernels_on(dev, self._s8_codes())
-        if len(kernels) == 1:
-            return kernels[0]
-        key = ("Int8Linear", dev, torch.get_num_threads(), self.in_features, self.out_features,
-               rows_bucket(x2.shape[0]), self.compiled, self._buffers["bias"] is not None, kernels)
-        sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-        return fastest(key, kernels, lambda k: (self._run(x2, k), sync()))
-
-    def _s8_codes(self) -> bool:
-        """True when the weight codes lie within [-64, 64] (exact on AVX2's u8 x s8 kernels); cached per codes."""
-        codes = self._buffers["codes"]
-        key = (codes.data_ptr(), codes._version)
-        cached = self.__dict__.get("_s8")
-        if cached is None or cached[0] != key:
-            cached = (key, s8_exact(self.codes))
-            self.__dict__["_s8"] = cached
-        return cached[1]
-
-    def _run(self, x2: torch.Tensor, kernel: str) -> torch.Tensor:  # (M, K) -> (M, N) on one of KERNELS
+        kernel = int8_kernel(x2.device)
         if kernel == "onednn":
             gemm = self._onednn()
             if gemm is not None:
