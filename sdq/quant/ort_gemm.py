@@ -34,7 +34,6 @@ import torch
 
 
 @functools.cache
-@functools.cache
 def ort_available() -> bool:
     """True when onnxruntime imports (it is a dependency of sdq; a trimmed install may lack it); asked once."""
     try:
