@@ -3,9 +3,10 @@
 One run, same model, same inputs, same threads: torch FP32; our exported W8A8 and W7A8 (static int8
 onnxruntime with the student's own scales; and in torch, int8 GEMMs, bit-identical to the student, also with
 the input quantization compiled into one pass (``compile=True``), with and without the Q/K/V and GELU
-fusions; 7-bit weights run the fast u8 x s8
-kernels exactly on CPUs without VNNI; with VNNI, ``torch._int_mm`` and, beside it, oneDNN's GEMM with the
-epilogue fused) and W4 (weight-only, dequantized float weights in onnxruntime); torch ``quantize_dynamic``
+fusions; 7-bit weights run the fast u8 x s8 kernels exactly on CPUs without VNNI; beside the default, each
+other exact kernel that runs here, forced, e.g. with VNNI oneDNN's GEMM with the epilogue fused and
+onnxruntime's beside ``torch._int_mm``) and W4 (weight-only, dequantized float weights in onnxruntime); torch
+``quantize_dynamic``
 int8; onnxruntime ``quantize_dynamic`` int8 on the plain ONNX export. Latency at batch 1 and throughput at
 batch 32 (seq 128), timed round-robin (min of ``--reps``) so that load from other processes hits every
 variant alike; packed checkpoint sizes at W8/W4/W2 vs the fp32 checkpoint;
@@ -44,7 +45,7 @@ def cpu_line() -> str:
         name = "unknown CPU"
     cpu = torch.device("cpu")
     kernel = (f"the first of {int8_kernels(cpu, True)} for 7-bit weight codes, of {int8_kernels(cpu, False)} for "
-              f"8-bit ones (all exact; the *_compiled_<kernel> rows force each); torch._int_mm has a fast CPU kernel "
+              f"8-bit ones (all exact; the *_compiled_<kernel> rows force the other integer kernels); torch._int_mm has a fast CPU kernel "
               f"only with AVX-512 VNNI, oneDNN's u8 x s8 is exact on 8-bit codes only there")
     onnx = ("int8 weights (u8 x s8, VNNI)" if cpu_has_vnni() else
             "8-bit weights rewritten as uint8 (u8 x u8: exact; ORT's u8 x s8 saturates without VNNI; _s8 row = as "
@@ -55,8 +56,9 @@ def cpu_line() -> str:
 
 class Forced(torch.nn.Module):
     """A copy of ``model`` with :class:`~sdq.quant.intlinear.Int8Linear` forced onto one GEMM kernel. A copy,
-    not the same weights: a variant timed right after another on the same weights finds them in the CPU's cache
-    (with shared weights, forced rows at batch 1 timed ~6 ms faster than the same kernels in the row before them)."""
+    not the same weights: a variant timed right after another on the same weights most likely finds them in the
+    CPU's cache (with shared weights, forced rows at batch 1 timed ~6 ms faster than the same kernels in the row
+    before them)."""
 
     def __init__(self, model: torch.nn.Module, kernel: str):
         super().__init__()
