@@ -1,6 +1,6 @@
 """Evaluate a checkpoint per language, report or compare runs, and gate regressions (conf/eval.yaml).
 
-    python eval_xglue.py ckpt=<run dir> task=xnli data.root=../shared/data/mini-xglue
+    python eval_xglue.py ckpt=<run dir> task=xnli data.root=../shared/data/mini-xglue data.limit_eval=500
     python eval_xglue.py compare=multirun/<time>
     python eval_xglue.py results=<run dir> reference=<teacher run dir> gate.max_drop=0.5 \
         gate.max_lang_drop=1.0
@@ -16,10 +16,11 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from sdq.cli import guarded
+from sdq.cli import guarded, run_hydra
 
-# conf/eval.yaml is registered in the ConfigStore rather than read through config_path="conf": there,
-# the conf/task/ group would turn `task=xnli` into a config-group choice instead of a plain value.
+# conf/eval.yaml is the primary config of a ConfigStore entry (as sdq.export's dataclass) rather than read
+# through config_path="conf": there, the conf/task/ group of train.py would turn `task=xnli` into a
+# config-group choice instead of a plain value.
 ConfigStore.instance().store(name="eval", node=OmegaConf.load(Path(__file__).parent / "conf" / "eval.yaml"))
 
 
@@ -36,4 +37,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main)

@@ -7,14 +7,11 @@
 Returns the average test metric (for Hydra sweepers); writes results.json into the run dir.
 """
 
-import sys
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
-import sdq.config  # noqa: F401 - registers ${sdq_quant_tag:...} used by the default hydra.run.dir
-from sdq.cli import check_group_overrides, guarded
+import sdq.config  # noqa: F401 - registers ${sdq_quant_tag:...} (hydra.run.dir) and ${bits_or:...} (conf/quant)
+from sdq.cli import guarded, run_hydra
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -27,5 +24,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    check_group_overrides(sys.argv[1:], Path(__file__).parent / "conf")  # task=foo: one error line
-    main()
+    run_hydra(main)

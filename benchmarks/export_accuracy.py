@@ -94,8 +94,9 @@ def main() -> None:
     from sdq.errors import SdqError
     from sdq.export import export_quantized, load_quantized, verify_dir
     from sdq.export.accuracy import evaluate_languages, format_table, task_batches, verdict
-    from sdq.export.ort_model import OrtModel, cpu_has_vnni, s8_weights_to_u8
+    from sdq.export.ort_model import OrtModel, s8_weights_to_u8
     from sdq.export.peers import ort_dynamic_int8, torch_dynamic_int8
+    from sdq.int8 import cpu_has_vnni
     from sdq.lit.restore import checkpoint_config, load_student
 
     t0 = time.time()

@@ -35,8 +35,7 @@ import torch
 
 def cpu_line() -> str:
     """The CPU and which kernel our ``int8`` backend runs on it (the int8 speed depends on it)."""
-    from sdq.export.ort_model import cpu_has_vnni
-    from sdq.quant.intlinear import int8_kernels
+    from sdq.int8 import cpu_has_vnni, int8_kernels
 
     try:
         with open("/proc/cpuinfo") as f:
@@ -46,7 +45,7 @@ def cpu_line() -> str:
     cpu = torch.device("cpu")
     kernel = (f"the first of {int8_kernels(cpu, True)} for 7-bit weight codes, of {int8_kernels(cpu, False)} for "
               f"8-bit ones (all exact; the *_compiled_<kernel> rows force the other integer kernels); torch._int_mm has a fast CPU kernel "
-              f"only with AVX-512 VNNI, oneDNN's u8 x s8 is exact on 8-bit codes only there")
+              f"only with AVX-512 VNNI, oneDNN's u8 x s8 runs 7-bit codes (exact there without VNNI)")
     onnx = ("int8 weights (u8 x s8, VNNI)" if cpu_has_vnni() else
             "8-bit weights rewritten as uint8 (u8 x u8: exact; ORT's u8 x s8 saturates without VNNI; _s8 row = as "
             "written), 7-bit weights as int8 (u8 x s8 exact on them)")
@@ -55,7 +54,7 @@ def cpu_line() -> str:
 
 
 class Forced(torch.nn.Module):
-    """A copy of ``model`` with :class:`~sdq.quant.intlinear.Int8Linear` forced onto one GEMM kernel. A copy,
+    """A copy of ``model`` with :class:`~sdq.int8.Int8Linear` forced onto one GEMM kernel. A copy,
     not the same weights: a variant timed right after another on the same weights most likely finds them in the
     CPU's cache (with shared weights, forced rows at batch 1 timed ~6 ms faster than the same kernels in the row
     before them)."""
@@ -65,7 +64,7 @@ class Forced(torch.nn.Module):
         self.model, self.kernel = copy.deepcopy(model), kernel
 
     def forward(self, *args, **kwargs):
-        from sdq.quant.intlinear import use_int8_kernel
+        from sdq.int8 import use_int8_kernel
 
         with use_int8_kernel(self.kernel):
             return self.model(*args, **kwargs)
@@ -130,9 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     torch.set_num_threads(args.threads)
     from sdq.export import check_agreement, export_quantized, load_quantized
-    from sdq.export.ort_model import OrtModel, cpu_has_vnni, ort_session
+    from sdq.export.ort_model import OrtModel, ort_session
+    from sdq.int8 import cpu_has_vnni, int8_kernels
     from sdq.models import build_model
-    from sdq.quant.intlinear import int8_kernels
 
     t0 = time.time()
     g = torch.Generator().manual_seed(0)

@@ -119,10 +119,10 @@ def main(argv: list[str] | None = None) -> float:
 
     import hydra
 
+    from sdq.calib import calibrate
     from sdq.config import quant_dict
     from sdq.models import set_dropout
     from sdq.quant import QuantConfig, prepare
-    from sdq.teacher import calibrate
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     conf_models = Path(__file__).resolve().parents[1] / "conf" / "model"

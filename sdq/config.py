@@ -1,6 +1,9 @@
-"""Config checks and shortcuts applied right after Hydra composes, before any model is loaded.
+"""Config checks applied right after Hydra composes, before any model is loaded; the ``bits=N`` resolver.
 
->>> cfg = resolve_config(cfg)   # applies bits=N, validates task/method/quant/languages
+``bits=N`` reaches the quant presets at composition: their weight/embedding bits read ``${bits_or:<own>}``
+(``python train.py bits=4 --cfg job --resolve`` shows ``quant.weight.bits: 4``).
+
+>>> cfg = resolve_config(cfg)   # validates bits, task/method/quant/languages
 """
 
 from __future__ import annotations
@@ -9,14 +12,12 @@ import hashlib
 import json
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
+from sdq.data.tasks import get_task
 from sdq.errors import SdqConfigError
 
 METHODS = ("fp", "fp_continued", "ptq", "ptq_datafree", "qat", "qat_kd", "sdq", "sdq_noise")
-DEFAULT_WEIGHT = {"bits": 8, "scheme": "uniform", "symmetric": True, "granularity": "channel", "observer": "minmax"}
-DEFAULT_EMBEDDING = {"bits": 8, "scheme": "uniform", "symmetric": True, "granularity": "row", "observer": "minmax"}
-DEFAULT_ACT = {"bits": 8, "scheme": "uniform", "symmetric": False, "granularity": "channel", "observer": "minmax"}
 
 
 def quant_tag(name: str, bits: Any) -> str:
@@ -24,34 +25,44 @@ def quant_tag(name: str, bits: Any) -> str:
     return name if bits in (None, "None", "null") else f"{name}-b{bits}"
 
 
-if not OmegaConf.has_resolver("sdq_quant_tag"):
-    OmegaConf.register_new_resolver("sdq_quant_tag", quant_tag)
+def bits_or(default: Any, *, _root_: DictConfig) -> Any:
+    """``${bits_or:8}`` in a quant preset: the run's ``bits=N`` when given, else the preset's own ``8``."""
+    bits = _root_.get("bits")
+    return default if bits is None else bits
 
 
-def _check_bits(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
-        raise SdqConfigError(
-            f"{where}={value!r} is not a supported bit-width: use an integer from 1 to 8 "
-            "(e.g. bits=8, bits=4, bits=2), or quant=fp32 for full precision"
-        )
-    return value
+for _name, _fn in (("sdq_quant_tag", quant_tag), ("bits_or", bits_or)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
 
 
-def apply_bits_shortcut(cfg: DictConfig) -> None:
-    """``bits=N`` sets the weight and embedding bits (activations stay 8 unless given)."""
+def check_bits(cfg: DictConfig) -> None:
+    """``bits=N``: an integer 1..8 that the chosen quant preset takes (SdqConfigError otherwise)."""
     bits = cfg.get("bits")
     if bits is None:
         return
-    _check_bits(bits, "bits")
-    with open_dict(cfg):
-        q = cfg.quant
-        if q.get("weight") is None:
-            q.weight = dict(DEFAULT_WEIGHT)
-            q.act = q.get("act") or dict(DEFAULT_ACT)
-        if q.get("embedding") is None:
-            q.embedding = dict(DEFAULT_EMBEDDING)
-        q.weight.bits = bits
-        q.embedding.bits = bits
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise SdqConfigError(
+            f"bits={bits!r} is not a supported bit-width: use an integer from 1 to 8 "
+            "(e.g. bits=8, bits=4, bits=2), or quant=fp32 for full precision"
+        )
+    if not cfg.method.get("quantize"):
+        return
+    parts = {part: cfg.quant.get(part) for part in ("weight", "embedding")}
+    preset = cfg.quant.get("name")
+    if all(spec is None for spec in parts.values()):
+        raise SdqConfigError(
+            f"bits={bits} with quant={preset}: the preset quantizes no weights or embeddings to set the bits "
+            f"of; choose a quantized preset, e.g. quant=w8a8 bits={bits} (W{bits}A8) or quant=w8 bits={bits} "
+            "(weights only)"
+        )
+    for part, spec in parts.items():
+        if spec is not None and spec.get("bits") != bits:
+            raise SdqConfigError(
+                f"bits={bits} with quant={preset}: quant.{part}.bits is fixed at {spec.get('bits')!r} (an "
+                f"override or the preset); drop one of the two, or write `bits: ${{bits_or:{spec.get('bits')}}}` "
+                "in the preset to let bits= set it"
+            )
 
 
 def quant_dict(cfg: DictConfig) -> dict:
@@ -66,15 +77,13 @@ def quant_dict(cfg: DictConfig) -> dict:
 
 
 def resolve_config(cfg: DictConfig) -> DictConfig:
-    """Apply shortcuts and validate every user choice that can be checked without loading a model."""
-    from sdq.data.tasks import get_task
-
-    apply_bits_shortcut(cfg)
+    """Validate every user choice that can be checked without loading a model."""
+    check_bits(cfg)
     spec = get_task(cfg.task.name)  # unknown task -> SdqConfigError listing the known ones
     if cfg.method.name not in METHODS:
         raise SdqConfigError(f"method={cfg.method.name!r} is unknown; choose one of: {', '.join(METHODS)}")
     langs = cfg.data.get("languages")
-    if langs is not None:
+    if langs is not None and not spec.open_languages:  # open (sib200): checked against the data folder
         bad = [lang for lang in langs if lang not in spec.languages]
         if bad:
             raise SdqConfigError(

@@ -12,9 +12,14 @@ import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
 from sdq.data.tasks import get_task
+from sdq.distill import DistillLoss
 from sdq.errors import SdqConfigError
-from sdq.lit.restore import checkpoint_config, load_student, read_checkpoint
+from sdq.lit.module import SDQModule, TaskInfo
+from sdq.lit.restore import build_from_config, checkpoint_config, load_student, read_checkpoint
+from sdq.lit.stage import build_datamodule
+from sdq.models import load_tokenizer, resolve_backbone
 from sdq.results import build_results
+from sdq.teacher import load_weights
 
 
 def resolve_ckpt(path: str | Path) -> Path:
@@ -34,13 +39,13 @@ def evaluate_checkpoint(
     reference: str | None = None,
     languages: list | None = None,
     batch_size: int = 64,
+    limit_eval: int | None = None,
 ) -> dict:
-    """Dev + test metrics per language; teacher/fidelity vs ``reference`` (or the run's own teacher)."""
-    from sdq.distill import DistillLoss
-    from sdq.lit.module import SDQModule, TaskInfo
-    from sdq.lit.stage import build_datamodule
-    from sdq.models import load_tokenizer, resolve_backbone
+    """Dev + test metrics per language; teacher/fidelity vs ``reference`` (or the run's own teacher).
 
+    ``limit_eval``: dev/test examples per language (seeded subsample); None = all of them, whatever the
+    training run used. ``results["examples"][task]`` holds the counts evaluated per split and language.
+    """
     spec = get_task(task)
     path = resolve_ckpt(ckpt)
     raw = read_checkpoint(path)
@@ -55,9 +60,6 @@ def evaluate_checkpoint(
     if reference is not None:
         teacher = load_student(resolve_ckpt(reference))
     elif (raw.get("sdq") or {}).get("teacher_ckpt"):  # the run's own FP teacher
-        from sdq.lit.restore import build_from_config
-        from sdq.teacher import load_weights
-
         teacher = build_from_config(cfg, quantize=False)
         load_weights(teacher, raw["sdq"]["teacher_ckpt"])
         teacher.eval()
@@ -65,7 +67,10 @@ def evaluate_checkpoint(
     cfg.data.root = data_root if data_root is not None else cfg.data.root
     cfg.data.eval_batch_size = batch_size
     cfg.data.languages = list(languages) if languages is not None else None
-    if languages is not None:
+    cfg.data.limit_eval = limit_eval
+    if cfg.task.get("limit_eval") is not None:  # the task's default (demo: 100) would apply to None
+        cfg.task.limit_eval = None
+    if languages is not None and not spec.open_languages:  # open (sib200): checked against the data folder
         bad = [lang for lang in languages if lang not in spec.languages]
         if bad:
             raise SdqConfigError(f"languages {bad} not in task {spec.name} ({', '.join(spec.languages)})")
@@ -81,4 +86,7 @@ def evaluate_checkpoint(
     meta = {"model": cfg.model.name, "task": spec.name, "method": cfg.method.name, "quant": cfg.quant.name,
             "bits": cfg.get("bits") if cfg.get("bits") is not None else cfg.quant.name,
             "ckpt": str(path), "reference": reference, "config": OmegaConf.to_container(cfg, resolve=True)}
+    sizes = dm.sizes()
+    meta["examples"] = {spec.name: {split: {key.split("/", 1)[1]: n for key, n in sizes.items()
+                                            if key.startswith(f"{split}/")} for split in ("dev", "test")}}
     return build_results(spec, module.results, [], meta)

@@ -4,27 +4,33 @@ Stage-1 teachers are cached by a hash of everything that defines them (backbone,
 seed, recipe), so a sweep over methods and bit-widths fine-tunes one teacher and every job
 distils from the very same weights.
 
->>> path = obtain_teacher(cfg, backbone, dm, run_dir)   # .safetensors of the fine-tuned FP model
+>>> path = obtain_teacher(settings.teacher, lambda: finetune_teacher(backbone, dm, run_dir / "teacher", ...))
 >>> load_weights(model, path)
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from filelock import FileLock, Timeout
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sdq.config import stable_hash
+from sdq.distill import DistillLoss
 from sdq.errors import SdqError
-from sdq.lit.builders import finish_logger
+from sdq.lit.logger import finish_logger
 from sdq.lit.restore import state_mismatch
+from sdq.lit.settings import LightningSettings, TeacherSettings
+from sdq.lit.stage import fit_and_test, make_module
+from sdq.models import build_model
+from sdq.results import print_table, write_results
 
 log = logging.getLogger(__name__)
 
@@ -66,44 +72,89 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(state)
 
 
-def teacher_key(cfg: DictConfig) -> str:
-    """Cache key of a stage-1 teacher."""
-    root = cfg.data.root
-    data = {k: cfg.data.get(k) for k in ("max_length", "batch_size", "limit_train", "limit_eval", "languages")}
-    if cfg.data.get("val_languages"):  # model selection languages (absent = all: older keys stay valid)
-        data["val_languages"] = list(cfg.data.val_languages)  # (task.val_languages is part of "task")
-    return stable_hash({
-        "model": cfg.model.name_or_path, "task": dict(cfg.task), "seed": cfg.seed,
-        "root": os.path.abspath(root) if root else None, "data": data,
-    })
+def cached_teacher(teacher: TeacherSettings) -> Path:
+    """Where the stage-1 teacher of ``teacher.key`` is cached."""
+    return Path(teacher.cache_dir) / teacher.key / "teacher.safetensors"
 
 
-def obtain_teacher(cfg: DictConfig, backbone: str, dm, run_dir: Path) -> Path:
-    """Path to the FP teacher weights: given, cached, or fine-tuned now into ``run_dir/teacher``."""
-    if cfg.teacher.ckpt:
-        path = Path(cfg.teacher.ckpt)
+@contextmanager
+def teacher_lock(cached: Path) -> Iterator[None]:
+    """Exclusive per-teacher lock across processes (``<cache_dir>/<key>.lock``): one sweep job fine-tunes,
+    the others wait and reuse its cached weights. Only global rank 0 locks: the DDP ranks of one job follow
+    it through barriers (a rank waiting for the lock its rank 0 holds would deadlock the job)."""
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    cached.parent.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(cached.parent) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another job fine-tuning the same FP teacher (lock %s)", lock.lock_file)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def store_teacher(out: Path, cached: Path) -> None:
+    """Copy a fine-tuned teacher (and its results.json) into the cache in one atomic rename."""
+    if cached.parent.exists():
+        return
+    tmp = cached.parent.with_name(cached.parent.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copyfile(out, tmp / cached.name)
+        if (out.parent / "results.json").is_file():
+            shutil.copyfile(out.parent / "results.json", tmp / "results.json")
+        os.replace(tmp, cached.parent)  # a half-written teacher is never reused
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def obtain_teacher(teacher: TeacherSettings, finetune: Callable[[], Path]) -> Path:
+    """Path to the FP teacher weights: given (``teacher.ckpt``), cached, or ``finetune()`` (stage 1) run now
+    and cached, all under :func:`teacher_lock` so parallel jobs fine-tune one teacher between them.
+
+    >>> path = obtain_teacher(settings.teacher, lambda: finetune_teacher(...))
+    """
+    if teacher.ckpt:
+        path = Path(teacher.ckpt)
         if not path.exists():
             raise SdqError(f"teacher.ckpt={path} does not exist; pass a fine-tuned FP checkpoint or drop teacher.ckpt")
         return path
-    cached = Path(cfg.teacher.cache_dir) / teacher_key(cfg) / "teacher.safetensors"
-    if cfg.teacher.reuse and cached.exists():
-        log.info("reusing cached FP teacher %s", cached)
-        return cached
-    return finetune_teacher(cfg, backbone, dm, run_dir / "teacher", cached)
+    if not teacher.reuse:
+        return finetune()
+    cached = cached_teacher(teacher)
+    with teacher_lock(cached):
+        if cached.exists():
+            log.info("reusing cached FP teacher %s", cached)
+            return cached
+        out = finetune()
+        if rank_zero_only.rank == 0:
+            store_teacher(out, cached)
+        return out
 
 
-def finetune_teacher(cfg: DictConfig, backbone: str, dm, stage_dir: Path, cached: Path) -> Path:
-    """Stage 1: fine-tune the FP model on English, select on the average dev metric, cache weights."""
-    from sdq.distill import DistillLoss
-    from sdq.lit.stage import fit_and_test, make_module
-    from sdq.models import build_model
-    from sdq.results import print_table, write_results
-
-    log.info("stage 1: fine-tuning the full-precision teacher (%s epochs)", cfg.task.epochs)
+def finetune_teacher(
+    backbone: str,
+    dm,
+    stage_dir: Path,
+    teacher: TeacherSettings,
+    lightning: LightningSettings,
+    model_name: str,
+    run_config: dict | None = None,
+) -> Path:
+    """Stage 1: fine-tune the FP model on English for ``teacher.epochs`` (``task.epochs``, whatever
+    ``trainer.max_epochs`` says: the cache key holds the task recipe), select on the average dev metric."""
+    log.info("stage 1: fine-tuning the full-precision teacher (%s epochs)", teacher.epochs)
     model = build_model(backbone, dm.spec.kind, dm.num_labels)
-    module = make_module(cfg, model, None, DistillLoss(ce=1.0), dm, float(cfg.task.lr), {"stage": "teacher"})
-    tags = {"model": cfg.model.name, "task": dm.spec.name, "method": "fp", "stage": "teacher"}
-    trainer = fit_and_test(cfg, module, dm, stage_dir, int(cfg.task.epochs), True, tags)
+    module = make_module(model, None, DistillLoss(ce=1.0), dm, teacher.recipe, teacher_bf16=teacher.bf16,
+                         fingerprint={"stage": "teacher"}, run_config=run_config)
+    tags = {"model": model_name, "task": dm.spec.name, "method": "fp", "stage": "teacher"}
+    trainer = fit_and_test(module, dm, lightning.with_epochs(teacher.epochs), stage_dir, train=True, tags=tags,
+                           teacher_stage=True)
     finish_logger(trainer)  # the student stage opens its own W&B run
     out = stage_dir / "teacher.safetensors"
     if not trainer.is_global_zero:  # DDP: rank 0 writes the teacher files, the other ranks wait for them
@@ -114,30 +165,5 @@ def finetune_teacher(cfg: DictConfig, backbone: str, dm, stage_dir: Path, cached
     save_weights(model, out)
     for ckpt in (stage_dir / "checkpoints").glob("*.ckpt"):  # weights are in teacher.safetensors
         ckpt.unlink()
-    if cfg.teacher.reuse:
-        tmp = cached.parent.with_name(cached.parent.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out, tmp / cached.name)
-        (tmp / "results.json").write_text(json.dumps(results, indent=1))
-        if not cached.parent.exists():
-            os.replace(tmp, cached.parent)  # atomic: a half-written teacher is never reused
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     trainer.strategy.barrier("sdq.teacher")
     return out
-
-
-@torch.no_grad()
-def calibrate(model: nn.Module, loader, n_batches: int, learn: bool = False) -> None:
-    """Observe activation/weight ranges on ``n_batches`` training batches (no gradient steps)."""
-    from sdq.quant import set_phase
-
-    was_training = model.training
-    model.eval()
-    set_phase(model, "calibrate")
-    for i, batch in enumerate(loader):
-        if i >= n_batches:
-            break
-        model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
-    set_phase(model, "learn" if learn else "frozen")
-    model.train(was_training)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import random
+from collections import defaultdict
 
 import pytest
 import torch
 
-from sdq.data.metrics import compute_metric
+from sdq.data.metrics import accuracy, compute_metric, ndcg
 from sdq.data.tasks import NER_TAGS
 from sdq.errors import SdqConfigError
 
@@ -71,3 +73,63 @@ def test_ndcg_perfect_and_all_zero_groups():
 def test_unknown_metric():
     with pytest.raises(SdqConfigError, match="acc, f1, ndcg"):
         compute_metric("bleu", [0], [0])
+
+
+def _ref_accuracy(preds: list[list[int]], labels: list[list[int]]) -> float:
+    """The former hand formula: equal items over gold items that are not -100, in percent."""
+    pairs = [(a, b) for ps, gs in zip(preds, labels) for a, b in zip(ps, gs) if b != -100]
+    return 100.0 * sum(a == b for a, b in pairs) / len(pairs) if pairs else 0.0
+
+
+def _ref_ndcg(scores: list[float], labels: list[int], groups: list[int], k: int | None = None) -> float:
+    """The former hand formula: per-query nDCG(@k), gains 2^rel - 1, stable ranking, 0/0 -> 1, in percent."""
+    def dcg(rels: list[float]) -> float:
+        return sum((2.0 ** r - 1.0) / math.log2(i + 2) for i, r in enumerate(rels))
+
+    by_q: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for s, r, q in zip(scores, labels, groups):
+        by_q[q].append((float(s), float(r)))
+    total = 0.0
+    for items in by_q.values():
+        best = dcg(sorted((r for _, r in items), reverse=True)[:k])
+        total += dcg([r for _, r in sorted(items, key=lambda t: -t[0])][:k]) / best if best > 0 else 1.0
+    return 100.0 * total / len(by_q)
+
+
+def test_accuracy_equals_hand_reference_on_random_inputs():
+    rng = random.Random(0)
+    for _ in range(200):
+        n_cls = rng.randint(1, 9)
+        rows = [rng.randint(1, 7) for _ in range(rng.randint(1, 5))]
+        labels = [[rng.choice([-100, *range(n_cls)]) for _ in range(n)] for n in rows]
+        preds = [[rng.randrange(n_cls) for _ in range(n)] for n in rows]
+        assert accuracy(preds, labels) == _ref_accuracy(preds, labels)  # ragged nested lists
+        flat_p, flat_l = [a for r in preds for a in r], [b for r in labels for b in r]
+        assert compute_metric("acc", torch.tensor(flat_p), torch.tensor(flat_l)) == _ref_accuracy([flat_p], [flat_l])
+    # edge cases: all ignored, one item, one class only, predictions beyond the gold classes
+    assert accuracy([[3, 4]], [[-100, -100]]) == 0.0 == _ref_accuracy([[3, 4]], [[-100, -100]])
+    assert accuracy([7], [7]) == 100.0
+    assert accuracy([0, 0, 0], [0, 0, 0]) == 100.0
+    assert accuracy([9, 0, 0], [0, 0, 0]) == _ref_accuracy([[9, 0, 0]], [[0, 0, 0]]) == 200 / 3
+
+
+def test_ndcg_equals_hand_reference_on_random_inputs():
+    rng = random.Random(1)
+    for _ in range(200):
+        n = rng.randint(1, 30)
+        groups = [rng.randrange(6) for _ in range(n)]
+        labels = [rng.choice([0, 0, 1, 2, 3, 4]) for _ in range(n)]
+        scores = [rng.choice([0.0, 0.25, 0.5, 1.0, rng.random()]) for _ in range(n)]  # many ties
+        for k in (None, 1, 3):
+            assert ndcg(scores, labels, groups, k=k) == _ref_ndcg(scores, labels, groups, k=k)
+        got = compute_metric("ndcg", torch.tensor(scores), torch.tensor(labels), groups=torch.tensor(groups))
+        assert got == _ref_ndcg(scores, labels, groups)
+    # single-item query, all-equal scores (input order decides), zero relevance
+    assert ndcg([0.3], [2], [0]) == 100.0 == ndcg([0.3], [0], [0])
+    tied = ndcg([0.5, 0.5, 0.5], [0, 2, 1], [0, 0, 0])
+    assert tied == _ref_ndcg([0.5, 0.5, 0.5], [0, 2, 1], [0, 0, 0])
+    assert tied == pytest.approx(100 * (3 / math.log2(3) + 1 / 2) / (3 + 1 / math.log2(3)), abs=1e-12)
+    assert ndcg([0.1, 0.9, 0.4], [0, 0, 0], [4, 4, 4]) == 100.0
+    # one query fully irrelevant (counts 1), one inverted: mean of 1 and 1/(3 + 1/log2(3)) * (1 + 3/log2(3))
+    mixed = ndcg([1.0, 2.0, 0.1, 0.9], [0, 0, 2, 1], [0, 0, 1, 1])
+    assert mixed == pytest.approx(100 * (1 + (1 + 3 / math.log2(3)) / (3 + 1 / math.log2(3))) / 2, abs=1e-12)

@@ -140,11 +140,11 @@ def test_u8_weight_rewrite_is_exact_where_u8s8_saturates(tmp_path):
     assert s8_weights_to_u8(model) == 0 and model.graph.initializer[0].data_type == TensorProto.INT8
 
 
-def test_w7a8_export_keeps_the_signed_kernels_and_the_students_logits(tmp_path):
+def test_w7a8_export_keeps_int8_onnx_weights_and_the_students_logits(tmp_path):
     """7-bit weights (quant=w7a8_int8): the ONNX file's int8 weights are exact on u8 x s8 anywhere, so no
-    session rewrites them; the int8 backend runs onnxruntime's signed kernel and stays bit-identical."""
+    session rewrites them; the int8 backend stays bit-identical on onnxruntime's kernel and on the default."""
     from sdq.export.ort_model import OrtModel, s8_weights_to_u8
-    from sdq.quant.intlinear import Int8Linear, use_int8_kernel
+    from sdq.int8 import Int8Linear, use_int8_kernel
 
     student = make_student({**W8A8, "weight": {"bits": 7, "granularity": "channel"}})
     export_quantized(student, tmp_path)
@@ -160,13 +160,13 @@ def test_w7a8_export_keeps_the_signed_kernels_and_the_students_logits(tmp_path):
     with torch.no_grad():  # the default kernel here (oneDNN u8 x s8 on CPUs without VNNI, else _int_mm)
         assert torch.equal(exact(**b).logits, ref)
     gemms = [m._gemm() for m in exact.modules() if isinstance(m, Int8Linear)]
-    assert len(gemms) == 8 and all(g.signed for g in gemms)  # per layer: Q/K/V fused, attention out, FFN x 2
+    assert len(gemms) == 8  # per layer: Q/K/V fused, attention out, FFN x 2
 
 
 def test_int8_backend_with_compiled_input_codes_equals_the_student(tmp_path):
     """load_quantized(..., compile=True): the input codes in one compiled pass, the same logits."""
-    from sdq.quant.fused_codes import compiled_codes
-    from sdq.quant.intlinear import Int8Linear
+    from sdq.int8 import Int8Linear
+    from sdq.int8.fused_codes import compiled_codes
 
     student = make_student({**W8A8, "weight": {"bits": 7, "granularity": "channel"}})
     export_quantized(student, tmp_path, onnx=False)

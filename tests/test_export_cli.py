@@ -1,12 +1,14 @@
 """``python -m sdq.export ckpt=... out=...`` on a hand-made sdq checkpoint of a tiny quantized student."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from sdq.export import load_quantized
-from sdq.export.__main__ import main, parse_args
+from sdq.export.__main__ import main
 from sdq.quant import QuantConfig, prepare, set_phase
 
 W8A8 = {"weight": {"bits": 8, "scheme": "uniform", "symmetric": True, "granularity": "channel",
@@ -66,19 +68,32 @@ def test_cli_exports_a_checkpoint(tmp_path, small_backbone, capsys):
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
 
 
-def test_cli_argument_errors_are_one_line(tmp_path, capsys):
+@pytest.mark.parametrize(("args", "needle"), [
+    (["ckpt=x.ckpt"], "error: out= is required"),
+    (["ckpt={tmp}/missing.ckpt", "out={tmp}/o"], "error: checkpoint not found"),
+    (["ckpt={tmp}/missing.ckpt", "out={tmp}/o", "backend=tensorrt"],
+     "error: backend=tensorrt must be one of: torch, int8, onnx"),
+    (["ckpt={tmp}/missing.ckpt", "out={tmp}/o", "check=maybe"], "error: check=maybe must be true"),
+    (["ckpt=a", "out={tmp}/o", "tol=abc"], "error: Error merging override tol=abc"),
+    (["ckpt=a", "out={tmp}/o", "batchez=2"], "error: batchez is not a config key (did you mean batches?"),
+])
+def test_cli_argument_errors_are_one_line(tmp_path, capsys, args, needle):
     with pytest.raises(SystemExit) as exc:
-        main(["ckpt=x.ckpt"])
-    assert exc.value.code == 2 and "out= is required" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([f"ckpt={tmp_path / 'missing.ckpt'}", f"out={tmp_path / 'o'}"])
-    assert "checkpoint not found" in capsys.readouterr().err
-    assert parse_args(["ckpt=a", "out=b", "tol=0.5"])["tol"] == 0.5
-    with pytest.raises(SystemExit) as exc:
-        main([f"ckpt={tmp_path / 'missing.ckpt'}", f"out={tmp_path / 'o'}", "backend=tensorrt"])
+        main([a.format(tmp=tmp_path) for a in args])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and "backend=tensorrt must be one of: torch, int8, onnx" in err
+    assert exc.value.code == 2 and err.startswith(needle) and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+def test_cli_help_lists_every_key():
+    proc = subprocess.run([sys.executable, "-m", "sdq.export", "--help"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for key in ("ckpt", "out", "onnx", "check", "batches", "tol", "backend"):
+        assert f"\n  {key} " in proc.stdout and f"\n{key}: " in proc.stdout, key  # described + its default
+    proc = subprocess.run([sys.executable, "-m", "sdq.export", "out=o"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ckpt= is required"), proc.stderr
 
 
 @pytest.mark.slow
@@ -89,3 +104,13 @@ def test_cli_agreement_on_demo_dev_batches(tmp_path):
     assert res["agreement"]["max_logit_diff"] == 0.0 and res["agreement"]["metric_diff"] == 0.0
     res = main([f"ckpt={ckpt}", f"out={tmp_path / 'export'}", "batches=2", "backend=onnx"])
     assert res["agreement"]["backend"] == "onnx" and abs(res["agreement"]["metric_diff"]) <= 0.1
+
+
+def test_sensitivity_cli_is_the_same_hydra_style():
+    """``python -m sdq.calib.sensitivity_cli``: the same ConfigStore + Hydra command line as sdq.export."""
+    run = [sys.executable, "-m", "sdq.calib.sensitivity_cli"]
+    proc = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0 and "\nckpt: null" in proc.stdout and "\nact_bits: 8" in proc.stdout, proc.stderr
+    proc = subprocess.run([*run, "bitz=3"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: bitz is not a config key (did you mean bits? add a new key with +bitz=3)"], proc.stderr

@@ -9,7 +9,7 @@ from transformers.activations import GELUActivation
 
 from sdq.export import export_quantized, load_quantized
 from sdq.export.int8_fuse import SharedInput, SharedInputPart, fuse_int8, gelu_mode
-from sdq.quant.intlinear import KERNELS, Int8Linear, fast_int_mm, use_int8_kernel
+from sdq.int8 import KERNELS, Int8Linear, fast_int_mm, use_int8_kernel
 
 CPU_KERNELS = [k for k in KERNELS if k != "int_mm" or fast_int_mm(torch.device("cpu"))]
 

@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 from tiny import xlmr
 
+import sdq.config  # noqa: F401 - registers ${bits_or:N}, used by the conf/quant presets
 from sdq.errors import SdqConfigError
 from sdq.quant import BinaryCodeQuantizer, QuantConfig, QuantEmbedding, QuantLinear, prepare, quant_report
 from sdq.quant.config import QuantizerConfig
@@ -142,7 +143,7 @@ def test_count_tokens_and_tokenizer_frequencies():
 
 @pytest.mark.parametrize("preset", ["mixed_2p5", "mixed_2"])
 def test_mixed_presets_prepare_with_per_block_bits(preset):
-    d = OmegaConf.to_container(OmegaConf.load(CONF / "quant" / f"{preset}.yaml"))
+    d = OmegaConf.to_container(OmegaConf.load(CONF / "quant" / f"{preset}.yaml"), resolve=True)
     cfg = QuantConfig.from_dict(d).validate()
     model = xlmr()
     prepare(model, cfg)

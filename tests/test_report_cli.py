@@ -79,8 +79,8 @@ def test_ckpt_mode_calls_evaluate_and_writes_results(runs, tmp_path, monkeypatch
     (teacher / "checkpoints" / "best.ckpt").write_bytes(b"stub")
     calls = []
 
-    def fake_evaluate(ckpt, task, data_root, reference=None, languages=None, batch_size=64):
-        calls.append((ckpt, task, data_root, reference, languages, batch_size))
+    def fake_evaluate(ckpt, task, data_root, reference=None, languages=None, batch_size=64, limit_eval=None):
+        calls.append((ckpt, task, data_root, reference, languages, batch_size, limit_eval))
         return fake_results(task, bits=4, drop=1.0, languages=languages)
 
     # a stand-in for the lead's sdq.evaluate (no model, no Lightning import)
@@ -95,8 +95,8 @@ def test_ckpt_mode_calls_evaluate_and_writes_results(runs, tmp_path, monkeypatch
     assert run_eval(cfg, tmp_path / "out") == EXIT_GATE_FAILED  # de drops 1.1 in both tasks
     ref_ckpt = str(teacher / "checkpoints" / "best.ckpt")
     assert calls == [
-        (str(ckpt), "xnli", "/data", ref_ckpt, ["en", "de"], 8),
-        (str(ckpt), "ner", "/data", ref_ckpt, ["en", "de"], 8),
+        (str(ckpt), "xnli", "/data", ref_ckpt, ["en", "de"], 8, None),
+        (str(ckpt), "ner", "/data", ref_ckpt, ["en", "de"], 8, None),
     ]
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["xnli"]["test"]["de"] == 77.4 and saved["ner"]["test"]["en"] == 79.0
@@ -165,7 +165,7 @@ def test_ckpt_per_task_mapping(tmp_path, monkeypatch):
     b.write_bytes(b"stub")
     seen = {}
 
-    def fake_evaluate(ckpt, task, data_root, reference=None, languages=None, batch_size=64):
+    def fake_evaluate(ckpt, task, data_root, reference=None, languages=None, batch_size=64, limit_eval=None):
         seen[task] = ckpt
         return fake_results(task, bits=8, drop=0.0)
 
@@ -189,3 +189,62 @@ def test_compare_plots_layer_errors_of_quantized_runs(tmp_path):
     assert run_eval(make_cfg(compare=str(root)), out) == 0
     assert (out / "layer_errors_xnli.png").stat().st_size > 10_000
     assert "![layer_errors_xnli](layer_errors_xnli.png)" in (out / "compare.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def xnli_run(tmp_path_factory):
+    """A tiny FP XNLI checkpoint (fixture data: 12 dev/test examples per language) trained with limit_eval=3."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from sdq.config import plain_config, resolve_config
+    from sdq.data.synthetic import write_fixture
+    from sdq.lit.restore import build_from_config
+
+    tmp = tmp_path_factory.mktemp("xnli_run")
+    root = write_fixture(tmp / "data", tasks=["xnli"], n=12)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["model=tiny", "task=xnli", "method=fp", f"data.root={root}",
+                                                       "data.limit_eval=3", "data.eval_batch_size=4"])
+    cfg = resolve_config(cfg)
+    torch.manual_seed(0)
+    student = build_from_config(cfg, quantize=False).eval()
+    (tmp / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {f"student.{k}": v for k, v in student.state_dict().items()},
+                "sdq": {"config": plain_config(cfg)}}, tmp / "run" / "checkpoints" / "best.ckpt")
+    return tmp / "run", root
+
+
+@pytest.mark.parametrize(("limit", "expected"), [("5", 5), ("null", 12)])
+def test_ckpt_mode_takes_its_own_eval_limit(xnli_run, tmp_path, limit, expected):
+    """data.limit_eval of eval_xglue, not the training run's (3): N examples per language, null = all; the
+    console says how many were evaluated, results.json keeps the counts."""
+    from rich.console import Console
+
+    run, root = xnli_run
+    console = Console(record=True, width=200)
+    cfg = make_cfg(ckpt=str(run), task="xnli", plots=False, **{"data.root": str(root), "data.limit_eval": limit})
+    assert run_eval(cfg, tmp_path / "out", console) == 0
+    counts = json.loads((tmp_path / "out" / "results.json").read_text())["examples"]["xnli"]
+    langs = sorted(counts["test"])
+    assert langs and all(counts[split][lang] == expected for split in ("dev", "test") for lang in langs), counts
+    each = ", ".join(f"{lang} {expected}" for lang in counts["test"])
+    assert f"xnli examples evaluated per language: dev {each}; test {each}" in console.export_text()
+
+
+@pytest.mark.parametrize("limit", ["0", "-3", "abc", "true"])
+def test_bad_eval_limit_is_one_config_error(tmp_path, limit):
+    ckpt = tmp_path / "s.ckpt"
+    ckpt.write_bytes(b"stub")
+    with pytest.raises(SdqConfigError, match=r"data.limit_eval=.* must be a positive integer"):
+        run_eval(make_cfg(ckpt=str(ckpt), task="xnli", **{"data.limit_eval": limit}), tmp_path / "o")
+
+
+def test_script_limit_override_and_unknown_key(tmp_path):
+    p = _script("ckpt=/nope.ckpt", "task=xnli", "data.limit_eval=null", f"hydra.run.dir={tmp_path / 'e'}")
+    assert p.returncode == 2 and p.stderr.startswith("error: ckpt=/nope.ckpt does not exist"), p.stderr
+    p = _script("ckpt=/nope.ckpt", "data.limit_evl=5", f"hydra.run.dir={tmp_path / 'e'}")
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        ("error: data.limit_evl is not a config key (did you mean data.limit_eval? add a new key with "
+         "+data.limit_evl=5)")
+    ]

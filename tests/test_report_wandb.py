@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-import sdq.lit.builders
 from sdq.report.synthetic import fake_results
 from sdq.report.wandb_log import log_results, summary_metrics, wandb_mode
 
@@ -26,9 +25,10 @@ def test_summary_metrics_exact():
     assert "xnli/test/drop_vs_fp" not in summary_metrics(fake_results("xnli", method="fp", languages=LANGS))
 
 
-def test_wandb_mode(monkeypatch):
+def test_wandb_mode(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setattr(sdq.lit.builders, "wandb_reachable", lambda: False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))  # not logged in
     assert wandb_mode("auto") == "offline" and wandb_mode(None) == "offline"
     assert wandb_mode("disabled") == "disabled"
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -174,7 +174,10 @@ def test_resume_resolution_per_stage(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
     from sdq.errors import SdqError
-    from sdq.lit.resume import resolve_ckpt_path
+    from sdq.lit.resume import resolve_ckpt_path, resume_requested
+
+    def resolve(cfg, stage_dir, ckpt_path):  # what a stage passes: its own path + the run's resume choice
+        return resolve_ckpt_path(stage_dir, ckpt_path, resume_requested(cfg.ckpt_path, cfg.resume))
 
     student, teacher = tmp_path, tmp_path / "teacher"
     (student / "checkpoints").mkdir()
@@ -182,17 +185,17 @@ def test_resume_resolution_per_stage(tmp_path: Path) -> None:
     stale = student / "checkpoints" / ".last.ckpt.tmp123"  # a write cut short by SIGKILL
     stale.write_bytes(b"half")
     last = OmegaConf.create({"ckpt_path": "last", "resume": False})
-    assert resolve_ckpt_path(last, student, last.ckpt_path) == str(student / "checkpoints" / "last.ckpt")
+    assert resolve(last, student, last.ckpt_path) == str(student / "checkpoints" / "last.ckpt")
     assert not stale.exists()
-    assert resolve_ckpt_path(last, teacher, None) is None  # teacher stage: nothing saved yet -> fresh
+    assert resolve(last, teacher, None) is None  # teacher stage: nothing saved yet -> fresh
     (teacher / "checkpoints").mkdir(parents=True)
     (teacher / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    assert resolve_ckpt_path(last, teacher, None) == str(teacher / "checkpoints" / "last.ckpt")
+    assert resolve(last, teacher, None) == str(teacher / "checkpoints" / "last.ckpt")
     alias = OmegaConf.create({"ckpt_path": None, "resume": True})
-    assert resolve_ckpt_path(alias, teacher, None) == str(teacher / "checkpoints" / "last.ckpt")
+    assert resolve(alias, teacher, None) == str(teacher / "checkpoints" / "last.ckpt")
     explicit = OmegaConf.create({"ckpt_path": str(student / "checkpoints" / "last.ckpt"), "resume": False})
-    assert resolve_ckpt_path(explicit, teacher, None) is None  # an explicit file is for the student stage
+    assert resolve(explicit, teacher, None) is None  # an explicit file is for the student stage
     fresh = OmegaConf.create({"ckpt_path": None, "resume": False})
-    assert resolve_ckpt_path(fresh, student, None) is None
+    assert resolve(fresh, student, None) is None
     with pytest.raises(SdqError, match="does not exist"):
-        resolve_ckpt_path(fresh, student, tmp_path / "nope.ckpt")
+        resolve(fresh, student, tmp_path / "nope.ckpt")

@@ -53,3 +53,41 @@ def test_memory_only_without_teacher_file_and_corrupt_file(tmp_path: Path) -> No
     teacher.write_bytes(b"w")
     (tmp_path / "t.safetensors.eval_logits.pt").write_bytes(b"truncated")
     assert len(TeacherLogitsCache.beside(teacher)) == 0  # unreadable cache is ignored, not fatal
+
+
+def test_parallel_jobs_fine_tune_one_teacher(tmp_path: Path) -> None:
+    """Two jobs, no cached teacher: one fine-tunes under the lock, the other waits and reuses its cache."""
+    import threading
+    import time
+
+    from sdq.lit.settings import Recipe, TeacherSettings
+    from sdq.teacher import cached_teacher, obtain_teacher
+
+    settings = TeacherSettings(ckpt=None, reuse=True, cache_dir=str(tmp_path / "cache"), bf16=False,
+                               key="k0", epochs=1, recipe=Recipe(lr=1e-3))
+    calls: list[str] = []
+    got: dict[str, Path] = {}
+
+    def job(name: str) -> None:
+        def finetune() -> Path:
+            calls.append(name)
+            time.sleep(0.5)  # the other job arrives while this one trains
+            out = tmp_path / name / "teacher" / "teacher.safetensors"
+            out.parent.mkdir(parents=True)
+            out.write_bytes(b"weights of " + name.encode())
+            (out.parent / "results.json").write_text("{}")
+            return out
+
+        got[name] = obtain_teacher(settings, finetune)
+
+    threads = [threading.Thread(target=job, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    cached = cached_teacher(settings)
+    waited = "b" if calls == ["a"] else "a"
+    assert got[waited] == cached and got[calls[0]].read_bytes() == cached.read_bytes()
+    assert (cached.parent / "results.json").is_file()
+    assert sorted(p.name for p in cached.parent.parent.iterdir()) == ["k0", "k0.lock"]  # no tmp dir left

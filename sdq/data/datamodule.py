@@ -18,6 +18,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from sdq.data.collate import Collator
+from sdq.data.demo import ensure_demo
+from sdq.data.hub import read_hub_split, require_hub
+from sdq.data.sib200 import subset_dir
 from sdq.data.tasks import TaskSpec, get_task
 from sdq.data.xglue import available_languages, read_split
 from sdq.errors import SdqConfigError, SdqDataError, SdqModelError
@@ -59,7 +62,7 @@ class XGLUEDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 64,
         languages: list[str] | None = None,
-        train_lang: str = "en",
+        train_lang: str | None = None,
         num_workers: int = 0,
         seed: int = 0,
         limit_train: int | None = None,
@@ -76,12 +79,13 @@ class XGLUEDataModule(pl.LightningDataModule):
             raise SdqConfigError(f"task {self.spec.name} needs a FAST tokenizer (word_ids); "
                                  f"got {type(self.tokenizer).__name__}")
         if self.spec.name == "demo" and root is None:
-            from sdq.data.demo import ensure_demo
-
             root = ensure_demo()
+        if self.spec.name == "sib200" and root is None:  # the subset shipped in the package
+            root = subset_dir()
         self.root = Path(root) if root is not None else None
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
-        self.train_lang, self.num_workers, self.seed = train_lang, num_workers, seed
+        # the task's first language (English) unless given
+        self.train_lang, self.num_workers, self.seed = train_lang or self.spec.languages[0], num_workers, seed
         self.limit_train, self.limit_eval = limit_train, limit_eval
         self.collate = Collator(self._pad_id(), self.spec.is_token_task, pad_to_multiple_of)
         # dev languages used for model selection (e.g. ["en"]: 15x cheaper validation on CPU)
@@ -116,7 +120,7 @@ class XGLUEDataModule(pl.LightningDataModule):
         return int(pad)
 
     def _resolve_languages(self, languages: list[str] | None, split: str) -> list[str]:
-        if languages is not None:
+        if languages is not None and not self.spec.open_languages:  # open: checked against the files
             bad = [lang for lang in languages if lang not in self.spec.languages]
             if bad:
                 raise SdqConfigError(f"languages {bad} are not in task {self.spec.name} "
@@ -124,11 +128,14 @@ class XGLUEDataModule(pl.LightningDataModule):
         if self.root is None:  # the hub has every official language
             return list(languages) if languages is not None else list(self.spec.languages)
         found = available_languages(self.root, self.spec, split)
-        wanted = self.spec.languages if languages is None else languages
+        official = found if self.spec.open_languages else self.spec.languages
+        wanted = official if languages is None else languages
         missing = [lang for lang in wanted if lang not in found]
-        if missing and not found:
+        if not found and (missing or self.spec.open_languages):
+            layout = ("a SIB-200 folder (one folder per language with train.tsv, dev.tsv, test.tsv)"
+                      if self.spec.name == "sib200" else "an xglue_full_dataset folder")
             raise SdqDataError(f"{self.root / self.spec.dir_name}: no {self.spec.name} {split} files; point "
-                               "data.root at an xglue_full_dataset folder")
+                               f"data.root at {layout}")
         if languages is not None:
             if missing:
                 raise SdqConfigError(
@@ -143,8 +150,6 @@ class XGLUEDataModule(pl.LightningDataModule):
 
     def _read(self, lang: str, split: str) -> list[dict]:
         if self.root is None:
-            from sdq.data.hub import read_hub_split
-
             return read_hub_split(self.spec, lang, split)
         return read_split(self.root, self.spec, lang, split)
 
@@ -182,8 +187,6 @@ class XGLUEDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.root is None:
-            from sdq.data.hub import require_hub
-
             require_hub()
 
     def setup(self, stage: str | None = None) -> None:

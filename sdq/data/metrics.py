@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from sdq.errors import SdqConfigError
 
@@ -59,13 +60,23 @@ def entity_f1(preds: Any, labels: Any, label_names: Sequence[str]) -> float:
 
 
 def accuracy(preds: Any, labels: Any) -> float:
-    """Share of equal items, in percent; gold -100 positions are ignored (nested input is flattened)."""
+    """Share of equal items, in percent; gold -100 positions are ignored (nested input is flattened).
+
+    Counts come from torchmetrics' micro stat scores; the ratio is taken in float64 (its
+    ``multiclass_accuracy`` divides in float32).
+
+    >>> accuracy([[5, 1, 7]], [[5, -100, 0]])                                     # 50.0
+    """
+    from torchmetrics.functional.classification import multiclass_stat_scores
+
     p, g = _sequences(preds, labels)
-    flat_p = [a for s in p for a in s]
-    flat_g = [b for s in g for b in s]
-    if not flat_g:
+    flat_p = torch.tensor([a for s in p for a in s], dtype=torch.long)
+    flat_g = torch.tensor([b for s in g for b in s], dtype=torch.long)
+    if not flat_g.numel():
         return 0.0
-    return 100.0 * sum(a == b for a, b in zip(flat_p, flat_g)) / len(flat_g)
+    num_classes = max(2, int(torch.maximum(flat_p.max(), flat_g.max())) + 1)
+    tp, _, _, _, support = multiclass_stat_scores(flat_p, flat_g, num_classes, average="micro").tolist()
+    return 100.0 * tp / support
 
 
 def dcg(relevances: Sequence[float]) -> float:
@@ -77,6 +88,9 @@ def ndcg(scores: Any, labels: Any, groups: Any, k: int | None = None) -> float:
     """Mean over query groups of nDCG(@k), in percent. Groups whose ideal DCG is 0 count as 1.
 
     Items of a group are ranked by descending score (ties kept in input order).
+    By hand: torchmetrics' retrieval nDCG averages ties, has linear gains, float32, 0 for no-gain.
+
+    >>> ndcg([0.9, 0.1, 0.5, 0.2], [2, 0, 1, 1], groups=[0, 0, 0, 1], k=2)        # 100.0
     """
     s, g, q = _to_list(scores), _to_list(labels), _to_list(groups)
     if not (len(s) == len(g) == len(q)):

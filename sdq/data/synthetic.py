@@ -49,6 +49,8 @@ def _sentence_lines(spec: TaskSpec, rng: random.Random, n: int) -> list[str]:
         elif spec.name in ("qadsm", "wpr"):
             query = f"query {i // 3}" if spec.name == "wpr" else _sentence(rng, 1, 3)
             lines.append(f"{query}\t{a}\t{b}\t{label}")
+        elif spec.name == "sib200":
+            lines.append(f"{i}\t{label}\t{a}")
         else:
             lines.append(f"{a}\t{b}\t{label}")
     return lines
@@ -75,6 +77,8 @@ def write_split(root: Path, spec: TaskSpec, lang: str, split: str, n: int, seed:
         lines = ["premise\thypo\tlabel"] + lines
     elif spec.name == "pawsx":
         lines = ["id\tsentence1\tsentence2\tlabel"] + lines
+    elif spec.name == "sib200":
+        lines = ["index_id\tcategory\ttext"] + lines
     path = split_path(root, spec, lang, split)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -87,7 +91,7 @@ def write_fixture(
     """Write English train/dev/test and dev/test of the next ``langs_per_task - 1`` languages
     of each task (default: the 8 XGLUE tasks) under ``root``; returns ``root``."""
     root = Path(root)
-    names = tasks if tasks is not None else [t for t in TASKS if t != "demo"]
+    names = tasks if tasks is not None else [t for t in TASKS if t not in ("demo", "sib200")]
     for name in names:
         spec = get_task(name)
         for j, lang in enumerate(spec.languages[:langs_per_task]):

@@ -1,4 +1,4 @@
-"""XGLUE understanding tasks: kind, official languages (English first), label sets, metric, folder.
+"""XGLUE tasks and SIB-200: kind, official languages (English first), label sets, metric, folder.
 
 >>> spec = get_task("xnli")
 >>> spec.kind, spec.metric, spec.labels
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sdq.data.sib200 import LABELS as SIB200_LABELS
+from sdq.data.sib200 import SUBSET_LANGUAGES
 from sdq.errors import SdqConfigError
 
 NER_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
@@ -35,6 +37,8 @@ class TaskSpec:
     metric: str  # acc | f1 | ndcg
     dir_name: str
     aliases: tuple[tuple[str, str], ...] = ()
+    # True: ``languages`` is the embedded default; a data root may hold others (found as folders there)
+    open_languages: bool = False
 
     @property
     def num_labels(self) -> int:
@@ -100,6 +104,10 @@ DEMO_LANGUAGES = (
 TASKS["demo"] = TaskSpec(
     "demo", "seq_cls", DEMO_LANGUAGES, _BINARY, "acc", "QAM", aliases=(("False", "0"), ("True", "1"))
 )
+
+# SIB-200 (sdq.data.sib200): Flores-200 codes; the embedded subset's languages, or every language
+# folder of a full SIB-200 data.root (English train, zero-shot to the rest).
+TASKS["sib200"] = TaskSpec("sib200", "seq_cls", SUBSET_LANGUAGES, SIB200_LABELS, "acc", "", open_languages=True)
 
 HUB_CONFIGS = {"xnli": "xnli", "pawsx": "paws-x", "nc": "nc", "qam": "qam", "qadsm": "qadsm",
                "wpr": "wpr", "ner": "ner", "pos": "pos"}

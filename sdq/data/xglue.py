@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sdq.data import sib200
 from sdq.data.tasks import TaskSpec, get_task
 from sdq.errors import SdqConfigError, SdqDataError
 
@@ -24,6 +25,8 @@ def split_path(root: str | Path, task: str | TaskSpec, lang: str, split: str) ->
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     if split not in SPLITS:
         raise SdqConfigError(f"split {split!r} is unknown; use one of: {', '.join(SPLITS)}")
+    if spec.name == "sib200":
+        return sib200.split_file(root, lang, split)
     d = Path(root) / spec.dir_name
     if spec.name == "xnli":
         return d / ("multinli.train.en.tsv" if split == "train" else f"{lang}.{split}")
@@ -35,8 +38,11 @@ def split_path(root: str | Path, task: str | TaskSpec, lang: str, split: str) ->
 
 
 def available_languages(root: str | Path, task: str | TaskSpec, split: str) -> list[str]:
-    """The task's languages whose ``split`` file exists under ``root`` (official order)."""
+    """The task's languages whose ``split`` file exists under ``root`` (official order; SIB-200: every
+    language folder found, English first)."""
     spec = task if isinstance(task, TaskSpec) else get_task(task)
+    if spec.name == "sib200":
+        return sib200.discover_languages(root, split)
     langs = spec.languages
     if split == "train" and spec.name in ("xnli", "pawsx"):
         langs = ("en",)
@@ -124,5 +130,7 @@ def read_split(root: str | Path, task: str | TaskSpec, lang: str, split: str) ->
     """Examples of one language and split of a task read from the official layout under ``root``."""
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     path = split_path(root, spec, lang, split)
+    if spec.name == "sib200":
+        return sib200.read_rows(path)
     lines = _open_lines(path, spec, lang, split)
     return _read_tokens(path, spec, lines) if spec.is_token_task else _read_sentences(path, spec, lines)

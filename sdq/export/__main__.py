@@ -1,5 +1,5 @@
 """``python -m sdq.export ckpt=<student ckpt> out=<dir> [onnx=auto|true|false] [check=true|test|false] [batches=8]
-[tol=0.1] [backend=int8|onnx|torch]``
+[tol=0.1] [backend=int8|onnx|torch]`` (Hydra overrides; ``--help`` lists them).
 
 Packs the checkpoint's fake-quantized student (``sdq.lit.restore.load_student``), prints the size table
 per module kind and the whole-model ratio, then evaluates the exported model (``backend=int8`` by default when activations are quantized: torch
@@ -9,45 +9,85 @@ weights only) and the student on the same dev batches of the run's task
 when the accuracy differs by more than ``tol`` points. ``check=test``: the same on the task's whole TEST
 split of every language, per-language table (see :mod:`sdq.export.accuracy`), error when any language
 differs by more than ``tol`` points (``batches`` is then ignored).
+
+The config is the dataclass :class:`ExportConfig` in Hydra's ConfigStore (the repo's conf/ dir is not
+part of the installed package). In Python: ``main(["ckpt=...", "out=..."])``.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sdq.cli import guarded
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from sdq.cli import guarded, run_hydra, run_overrides
 from sdq.errors import SdqConfigError
 
 USAGE = "usage: python -m sdq.export ckpt=<run>/checkpoints/best.ckpt out=<dir> [onnx=auto] [check=true]"
-KEYS = {"ckpt": None, "out": None, "onnx": "auto", "check": "true", "batches": "8", "tol": "0.1", "backend": None}
+HELP = """python -m sdq.export: pack a trained student's quantized weights (int8 / ONNX) and check it agrees.
+
+  python -m sdq.export ckpt=<run>/checkpoints/best.ckpt out=<dir> [onnx=auto|true|false]
+      [check=true|test|false] [batches=8] [tol=0.1] [backend=int8|onnx|torch]
+
+  ckpt     the student checkpoint (required)
+  out      the export dir (required): weights, model.onnx, export_report.json
+  onnx     write the int8 ONNX model: auto (when onnx + onnxruntime are installed) | true | false
+  check    true: student vs export on `batches` dev batches | test: every language's test split | false
+  batches  dev batches of check=true
+  tol      allowed accuracy difference (points); more exits 2
+  backend  what check runs: int8 | onnx | torch; null = int8 when exact, else onnx, else torch
+Exit status: 0 ok, 2 bad input or the exported model differs by more than tol.
+
+== Config (override any key: key=value) ==
+$CONFIG"""
 
 
-def parse_args(argv: list[str]) -> dict:
-    """``key=value`` pairs (Hydra style) -> dict with defaults; SdqConfigError on unknown/missing keys."""
-    args = dict(KEYS)
-    for a in argv:
-        key, sep, value = a.partition("=")
-        if not sep or key not in KEYS:
-            raise SdqConfigError(f"argument {a!r} not understood; {USAGE} (keys: {', '.join(KEYS)})")
-        args[key] = value
+@dataclass
+class ExportConfig:
+    """``python -m sdq.export`` keys (see :data:`HELP`)."""
+
+    ckpt: str | None = None
+    out: str | None = None
+    onnx: Any = "auto"
+    check: Any = True
+    batches: int = 8
+    tol: float = 0.1
+    backend: str | None = None
+    # no run dir, log file or .hydra/ of its own: the export writes only into out=
+    hydra: Any = field(default_factory=lambda: {"run": {"dir": "."}, "output_subdir": None, "help": {"template": HELP}})
+    defaults: list[Any] = field(default_factory=lambda: [
+        "_self_", {"override hydra/job_logging": "none"}, {"override hydra/hydra_logging": "none"}])
+
+
+ConfigStore.instance().store(name="sdq_export", node=ExportConfig)
+
+
+def parse_args(cfg: DictConfig | dict) -> dict:
+    """The composed config -> checked plain dict (``check``: true/test/false, ``onnx``: auto/True/False);
+    SdqConfigError on a missing or invalid value."""
+    args = {k: v for k, v in (OmegaConf.to_container(cfg) if OmegaConf.is_config(cfg) else dict(cfg)).items()
+            if k not in ("hydra", "defaults")}
     for key in ("ckpt", "out"):
         if not args[key]:
             raise SdqConfigError(f"{key}= is required; {USAGE}")
-    if args["check"] not in ("true", "false", "test"):
+    check = {True: "true", False: "false", "true": "true", "false": "false", "test": "test"}.get(args["check"])
+    if check is None:
         raise SdqConfigError(f"check={args['check']} must be true (dev batches), test (every language) or false")
+    args["check"] = check
     from sdq.export.loader import BACKENDS
 
     if args["backend"] is not None and args["backend"] not in BACKENDS:
         raise SdqConfigError(f"backend={args['backend']} must be one of: {', '.join(BACKENDS)}")
-    if args["onnx"] not in ("auto", "true", "false"):
+    onnx = {"auto": "auto", True: True, False: False, "true": True, "false": False}.get(args["onnx"])
+    if onnx is None:
         raise SdqConfigError(f"onnx={args['onnx']} must be auto, true or false")
-    try:
-        args["batches"], args["tol"] = int(args["batches"]), float(args["tol"])
-    except ValueError:
-        raise SdqConfigError(f"batches= must be an integer and tol= a number; {USAGE}") from None
+    args["onnx"] = onnx
     return args
 
 
@@ -107,14 +147,14 @@ def check_test_split(student, report, args: dict) -> dict:
 
 
 @guarded
-def main(argv: list[str] | None = None) -> dict:
+def export(cfg: DictConfig | dict) -> dict:
+    """Export and check as the config says; returns the export report as a dict."""
     from sdq.export import check_agreement, export_quantized, load_quantized
     from sdq.lit.restore import load_student
 
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = parse_args(cfg)
     student = load_student(args["ckpt"])
-    onnx = {"auto": "auto", "true": True, "false": False}[args["onnx"]]
-    report = export_quantized(student, args["out"], onnx=onnx)
+    report = export_quantized(student, args["out"], onnx=args["onnx"])
     print(report, flush=True)
     if args["check"] == "test":
         report.agreement = check_test_split(student, report, args)
@@ -128,6 +168,16 @@ def main(argv: list[str] | None = None) -> dict:
               f"tol {res['tol']}) on {res['examples']} examples")
     (Path(args["out"]) / "export_report.json").write_text(json.dumps(report.to_dict(), indent=1))
     return report.to_dict()
+
+
+@hydra.main(version_base="1.3", config_path=None, config_name="sdq_export")
+def _cli(cfg: DictConfig) -> dict:
+    return export(cfg)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    """The command line (``argv=None``), or the same overrides composed in-process (tests, notebooks)."""
+    return run_hydra(_cli) if argv is None else run_overrides("sdq_export", export, argv)
 
 
 if __name__ == "__main__":

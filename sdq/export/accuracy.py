@@ -18,6 +18,9 @@ import torch
 
 from sdq.errors import SdqConfigError, SdqError
 from sdq.lit.evaluation import LanguageAccumulator, aggregate
+from sdq.lit.restore import checkpoint_config
+from sdq.lit.stage import build_datamodule
+from sdq.models import load_tokenizer, resolve_backbone
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 KEEP = (*MODEL_INPUTS, "labels", "group")
@@ -28,10 +31,6 @@ def task_batches(ckpt: str | Path | dict, split: str = "test", languages: list[s
     """Evaluation batches per language of the checkpoint's task, built exactly as its run built them
     (``sdq.lit.stage.build_datamodule`` on the stored config: tokenizer, max_length, eval batch size,
     limit_eval, seed); ``split``: ``test`` (every test language) or ``dev`` (the run's dev languages)."""
-    from sdq.lit.restore import checkpoint_config
-    from sdq.lit.stage import build_datamodule
-    from sdq.models import load_tokenizer, resolve_backbone
-
     if split not in ("test", "dev"):
         raise SdqConfigError(f"split={split!r} is unknown; use split=test or split=dev")
     cfg = checkpoint_config(ckpt)

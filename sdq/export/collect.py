@@ -19,6 +19,7 @@ from torch import nn
 
 from sdq.errors import SdqError
 from sdq.export.pack import dequantize, pack_tensor
+from sdq.quant import QuantEmbedding, QuantLinear, strip
 
 
 @dataclass
@@ -43,8 +44,6 @@ def act_params(q: nn.Module) -> dict | None:
 def collect(student: nn.Module) -> Collected:
     """Codes/params of every enabled weight quantizer and the stripped plain model (SdqError if the
     model has no sdq quantizers or a packed weight does not reproduce the fake-quantized one)."""
-    from sdq.quant import QuantEmbedding, QuantLinear, strip
-
     model = copy.deepcopy(student).cpu().float().eval()
     mods = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear | QuantEmbedding)]
     if not mods:

@@ -1,7 +1,7 @@
 """Two exact fusions of the ``int8`` backend: Q/K/V as one GEMM, GELU in place on its GEMM's output.
 
 - **Q/K/V.** HF's self-attention calls ``query``, ``key`` and ``value`` on the same hidden states. When their
-  :class:`~sdq.quant.intlinear.Int8Linear` quantize the input with the same constants (three observers
+  :class:`~sdq.int8.Int8Linear` quantize the input with the same constants (three observers
   calibrated on the same inputs and fixed after that: PTQ and QAT students of ``w8a8_int8``/``w7a8_int8``;
   learned LSQ steps differ), :meth:`Int8Linear.concat` makes one GEMM over the (3N, K) codes
   that quantizes the input once. Each output element is the same integer sum with the same per-element
@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sdq.quant.intlinear import Int8Linear
+from sdq.int8 import Int8Linear
 
 QKV = ("query", "key", "value")
 

@@ -23,7 +23,9 @@ import torch
 from torch import nn
 
 from sdq.errors import SdqError
+from sdq.export.ort_model import OrtModel
 from sdq.export.pack import dequantize
+from sdq.export.torch_int8 import int8_model
 from sdq.export.writer import FORMAT, MANIFEST_FILE, META_FILE, ONNX_FILE, WEIGHTS_FILE, sha256_file
 
 BACKENDS = ("torch", "int8", "onnx")
@@ -58,7 +60,7 @@ def verify_dir(path: str | Path, need: tuple[str, ...] = (META_FILE, WEIGHTS_FIL
 
 def read_export(path: str | Path, verify: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
     """(sdq_export.json meta, every array of model.safetensors) of an export dir."""
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load_file  # lazy: only reading an export needs it
 
     d = verify_dir(path) if verify else Path(path)
     fix = "re-export it with `python -m sdq.export ckpt=... out=...`"
@@ -88,7 +90,7 @@ def plain_state(meta: dict, arrays: dict[str, np.ndarray]) -> dict[str, torch.Te
 
 def build_plain(path: str | Path, meta: dict) -> nn.Module:
     """An untrained HF model of the saved class and config (no hub access)."""
-    import transformers
+    import transformers  # lazy: heavy, only building an HF model needs it
 
     cls = getattr(transformers, meta["architecture"], None)
     if cls is None:
@@ -100,7 +102,7 @@ def build_plain(path: str | Path, meta: dict) -> nn.Module:
 def load_quantized(path: str | Path, backend: str = "torch", compile: bool = False, fuse: bool = True) -> nn.Module:
     """The exported model in eval mode on CPU (see module doc); SdqError on a bad/tampered dir.
     ``compile=True`` (``backend="int8"``): each int8 GEMM's input codes in one fused pass compiled by
-    ``torch.compile`` (:mod:`sdq.quant.fused_codes`: the same codes, checked; ~20 s on first use).
+    ``torch.compile`` (:mod:`sdq.int8.fused_codes`: the same codes, checked; ~20 s on first use).
     ``fuse=False`` (``backend="int8"``): keep Q/K/V as three GEMMs and GELU out of place
     (:mod:`sdq.export.int8_fuse`; both ways give the student's logits)."""
     if backend not in BACKENDS:
@@ -110,8 +112,6 @@ def load_quantized(path: str | Path, backend: str = "torch", compile: bool = Fal
     d = Path(path)
     meta, arrays = read_export(d)
     if backend == "onnx":
-        from sdq.export.ort_model import OrtModel
-
         if not (d / ONNX_FILE).is_file():
             raise SdqError(f"{d} has no {ONNX_FILE}; export with onnx=true or use backend=torch")
         return OrtModel(d / ONNX_FILE, num_labels=getattr(build_config(d), "num_labels", None))
@@ -122,15 +122,13 @@ def load_quantized(path: str | Path, backend: str = "torch", compile: bool = Fal
         raise SdqError(f"export {d} does not match its config.json ({str(exc).splitlines()[0]}); "
                        "re-export it with `python -m sdq.export ckpt=... out=...`") from None
     if backend == "int8":
-        from sdq.export.torch_int8 import int8_model
-
         return int8_model(model, meta, arrays, compile=compile, fuse=fuse)
     return model.eval()
 
 
 def build_config(path: str | Path):
     """The saved HF config of an export dir; SdqError when it cannot be parsed."""
-    import transformers
+    import transformers  # lazy: heavy, only building an HF model needs it
 
     try:
         return transformers.AutoConfig.from_pretrained(str(path))

@@ -95,8 +95,8 @@ def optimize_bert(src: Path, dst: Path, num_heads: int, hidden: int, packed_qkv:
     """onnxruntime.transformers fusions for BERT-like encoders (packed Attention or MultiHeadAttention)."""
     import logging
 
-    from onnxruntime.transformers import optimizer
-    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers import optimizer  # lazy: optional heavy runtime, only for the fusions
+    from onnxruntime.transformers.fusion_options import FusionOptions  # lazy: as above
 
     opts = FusionOptions("bert")
     opts.use_multi_head_attention = not packed_qkv

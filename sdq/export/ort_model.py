@@ -23,16 +23,15 @@ import torch
 from torch import nn
 
 from sdq.errors import SdqError
-from sdq.quant.ort_gemm import cpu_has_vnni
+from sdq.int8.cpu import cpu_has_vnni, s8_exact
+from sdq.int8.ort_gemm import session_options
 
 
 def s8_weights_to_u8(model) -> int:
     """Rewrite the int8 weights (and their zero points) of MatMulIntegerToFloat / QAttention nodes as uint8
     + 128, in place; returns the number of nodes rewritten. ``w - z_w`` is unchanged, so are the results.
-    Weights within [-64, 64] (:func:`~sdq.quant.ort_gemm.s8_exact`) are exact as int8 and stay."""
-    from onnx import TensorProto, numpy_helper
-
-    from sdq.quant.ort_gemm import s8_exact
+    Weights within [-64, 64] (:func:`~sdq.int8.cpu.s8_exact`) are exact as int8 and stay."""
+    from onnx import TensorProto, numpy_helper  # lazy: optional heavy dependency, only for ONNX exports
 
     inits = {t.name: t for t in model.graph.initializer}
     slots = {"MatMulIntegerToFloat": (1, 5), "QAttention": (1, 7)}  # (weight, weight zero point) inputs
@@ -55,18 +54,16 @@ def s8_weights_to_u8(model) -> int:
 
 def ort_session(path: str | Path, threads: int | None = None, u8_weights: bool | None = None):
     """A CPU InferenceSession with all graph optimizations and ``threads`` intra-op threads that sleep when
-    idle (:func:`sdq.quant.ort_gemm.session_options`). ``u8_weights``: rewrite int8 weights as uint8
+    idle (:func:`sdq.int8.ort_gemm.session_options`). ``u8_weights``: rewrite int8 weights as uint8
     (:func:`s8_weights_to_u8`); None = where the CPU has no VNNI (see the module doc)."""
-    import onnxruntime as ort
-
-    from sdq.quant.ort_gemm import session_options
+    import onnxruntime as ort  # lazy: optional heavy runtime, only for ONNX exports
 
     so = session_options(threads)
     if u8_weights is None:
         u8_weights = not cpu_has_vnni()
     source: str | bytes = str(path)
     if u8_weights:
-        import onnx
+        import onnx  # lazy: optional heavy dependency, only to rewrite weights
 
         try:
             model = onnx.load(str(path))

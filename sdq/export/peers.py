@@ -28,9 +28,9 @@ def torch_dynamic_int8(fp_model: nn.Module) -> nn.Module:
 
 def ort_dynamic_int8(fp_model: nn.Module, path: str | Path) -> Path:
     """Plain ONNX export of ``fp_model`` + onnxruntime ``quantize_dynamic`` (QInt8 weights) written to ``path``."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # lazy: optional heavy runtime
 
-    from sdq.export.onnx_build import export_fp_onnx
+    from sdq.export.onnx_build import export_fp_onnx  # lazy: imports onnx, only the ONNX peer needs it
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 """``backend="int8"``: the exported model in torch, int8 x int8 -> int32 GEMMs, bit-identical to the student.
 
 Every Linear whose input the student quantized per tensor and whose weight is uniform symmetric per
-channel/tensor (<= 8 bits) becomes a :class:`~sdq.quant.intlinear.Int8Linear` built from the packed codes
-(the student's eval forward computes the same integers, :mod:`sdq.quant.intlinear`); other Linears with
+channel/tensor (<= 8 bits) becomes a :class:`~sdq.int8.Int8Linear` built from the packed codes
+(the student's eval forward computes the same integers, :mod:`sdq.quant.intdomain`); other Linears with
 quantized inputs keep the student's activation fake-quant before a float matmul on the dequantized weight.
 Everything else (embeddings dequantized bit-exactly, LayerNorm, attention) is the same HF code as the
 student's, so the logits are equal, not close.
@@ -20,8 +20,8 @@ from torch import nn
 from sdq.errors import SdqError
 from sdq.export.int8_fuse import fuse_int8
 from sdq.export.pack import codes_of
+from sdq.int8 import Int8Linear
 from sdq.quant.functional import fake_quant
-from sdq.quant.intlinear import Int8Linear
 
 
 class ActQuantLinear(nn.Module):
@@ -62,7 +62,7 @@ def int8_linear(linear: nn.Linear, key: str, packed: dict | None, act: dict,
 def int8_model(plain: nn.Module, meta: dict, arrays: dict[str, np.ndarray], compile: bool = False,
                fuse: bool = True) -> nn.Module:
     """Swap the quantized-input Linears of ``plain`` (dequantized state loaded) in place; returns it.
-    ``compile``: the Int8Linears quantize their inputs in one compiled pass (:mod:`sdq.quant.fused_codes`).
+    ``compile``: the Int8Linears quantize their inputs in one compiled pass (:mod:`sdq.int8.fused_codes`).
     ``fuse``: Q/K/V as one GEMM and GELU in place on its GEMM's output (:mod:`sdq.export.int8_fuse`, exact)."""
     if meta.get("attention_quantized"):
         raise SdqError("this export quantizes attention internals (Q/K/V/probs), which backend=int8 does not "

@@ -128,7 +128,7 @@ def _write(model: nn.Module, out: Path, onnx: bool | str) -> ExportReport:
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
     want_onnx = onnx is True or (onnx == "auto" and bool(col.acts))
     if want_onnx:
-        from sdq.export.onnx_build import build_onnx
+        from sdq.export.onnx_build import build_onnx  # lazy: imports onnx, only exports with ONNX need it
 
         info = build_onnx(plain, meta, arrays, out / ONNX_FILE)
         report.onnx = {"path": str(out / ONNX_FILE), "bytes": os.path.getsize(out / ONNX_FILE), "ops": info}

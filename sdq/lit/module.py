@@ -23,7 +23,7 @@ import torch
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import nn
 
-from sdq.distill import DistillLoss, capture
+from sdq.distill import DistillLoss, capture, layer_errors
 from sdq.errors import SdqError
 from sdq.lit.evaluation import LanguageAccumulator, aggregate, gather_accumulators
 from sdq.lit.optim import build_optimizer
@@ -96,6 +96,16 @@ class SDQModule(pl.LightningModule):
         self._acc: dict[str, LanguageAccumulator] = {}
         self._teacher_cache = TeacherLogitsCache.beside(teacher_ckpt)
         self.teacher_digest = weights_digest(teacher) if teacher is not None else None  # fp32, before any cast
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Not the way back from an sdq checkpoint: the student is rebuilt from the run config the checkpoint
+        stores. Use ``sdq.load_student(path)`` (the trained student in eval mode) or ``eval_xglue.py``."""
+        raise SdqError(
+            f"SDQModule.load_from_checkpoint({str(checkpoint_path)!r}) is not supported: load the trained student "
+            "with sdq.load_student(path) (rebuilds it from the run config stored in the checkpoint), or evaluate "
+            "it with `python eval_xglue.py ckpt=<path>`"
+        )
 
     # ------------------------------------------------------------------ setup
     def train(self, mode: bool = True) -> SDQModule:
@@ -235,8 +245,6 @@ class SDQModule(pl.LightningModule):
         """Accumulated quantization error per layer on a fixed validation batch."""
         if self.teacher is None or self.diag_batch is None or self.trainer.sanity_checking:
             return
-        from sdq.distill import layer_errors
-
         batch = {k: v.to(self.device) for k, v in self.diag_batch.items()}
         errors = layer_errors(self.student, self.teacher, self._inputs(batch))
         self.layer_error_history.append({"epoch": self.current_epoch, **errors})

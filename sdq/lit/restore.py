@@ -16,7 +16,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from sdq.config import quant_dict
+from sdq.data.tasks import get_task
 from sdq.errors import SdqError
+from sdq.models import build_model, resolve_backbone
+from sdq.quant import QuantConfig, prepare
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -56,15 +60,9 @@ def checkpoint_config(ckpt: dict | str | Path) -> DictConfig:
 
 def build_from_config(cfg: DictConfig, quantize: bool) -> nn.Module:
     """A fresh model (backbone + task head, quantizers prepared when asked) for ``cfg``."""
-    from sdq.config import quant_dict
-    from sdq.data.tasks import get_task
-    from sdq.models import build_model, resolve_backbone
-
     spec = get_task(cfg.task.name)
     model = build_model(resolve_backbone(cfg.model.name_or_path), spec.kind, len(spec.labels))
     if quantize:
-        from sdq.quant import QuantConfig, prepare
-
         prepare(model, QuantConfig.from_dict(quant_dict(cfg)))
     return model
 

@@ -9,7 +9,7 @@ leaves out are added here by the :class:`ExactResume` callback:
 * the data position: resumed mid-epoch, the first ``n`` batches of the epoch's (seeded, see
   :mod:`sdq.lit.data`) order are skipped, so training goes on exactly where it stopped.
 
->>> path = resolve_ckpt_path(cfg, run_dir / "student", "last")   # None: nothing to resume
+>>> path = resolve_ckpt_path(run_dir, "last")   # None: nothing to resume
 >>> pl.Trainer(callbacks=[ExactResume()]).fit(module, datamodule=dm, ckpt_path=path)
 """
 
@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
 from sdq.errors import SdqError
@@ -32,15 +31,15 @@ from sdq.lit.data import ResumableSampler
 log = logging.getLogger(__name__)
 
 
-def resume_requested(cfg: DictConfig) -> bool:
+def resume_requested(ckpt_path: str | None, resume: bool = False) -> bool:
     """``ckpt_path=last`` or ``resume=true``: every stage continues from its own last checkpoint."""
-    return bool(cfg.get("resume")) or str(cfg.get("ckpt_path")) == "last"
+    return bool(resume) or str(ckpt_path) == "last"
 
 
-def resolve_ckpt_path(cfg: DictConfig, stage_dir: Path, ckpt_path: str | Path | None) -> str | None:
+def resolve_ckpt_path(stage_dir: Path, ckpt_path: str | Path | None, resume: bool = False) -> str | None:
     """The checkpoint a stage resumes from: ``last`` -> ``<stage_dir>/checkpoints/last.ckpt`` when it
-    exists (else a fresh start), an explicit path must exist; ``None`` with ``resume=true`` = ``last``."""
-    if ckpt_path is None and resume_requested(cfg):
+    exists (else a fresh start), an explicit path must exist; ``None`` with ``resume`` = ``last``."""
+    if ckpt_path is None and resume:
         ckpt_path = "last"
     if ckpt_path is None:
         return None

@@ -1,8 +1,8 @@
-"""Building blocks of a run shared by the teacher and student stages.
+"""Building blocks of a run shared by the teacher and student stages, on resolved settings.
 
->>> dm = build_datamodule(cfg, tokenizer)
->>> module = make_module(cfg, student, teacher, loss, dm, lr=2e-5, fp=fingerprint(cfg))
->>> fit_and_test(cfg, module, dm, run_dir, epochs=2, train=True, tags={})
+>>> dm = datamodule(settings.data, tokenizer)
+>>> module = make_module(student, teacher, loss, dm, settings.student, fingerprint=fp, run_config=cfg_dict)
+>>> trainer = fit_and_test(module, dm, settings.lightning, run_dir, train=True, tags={})
 """
 
 from __future__ import annotations
@@ -13,50 +13,62 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from sdq.config import plain_config
-from sdq.lit.builders import build_logger, build_trainer
+from sdq.data.demo import ensure_demo
+from sdq.lit.builders import build_trainer
 from sdq.lit.data import ResumableDataModule
 from sdq.lit.module import SDQModule, TaskInfo
 from sdq.lit.restore import read_checkpoint
 from sdq.lit.resume import resolve_ckpt_path
+from sdq.lit.settings import DataSettings, LightningSettings, Recipe
 
 log = logging.getLogger(__name__)
 
 
-def build_datamodule(cfg: DictConfig, tokenizer) -> ResumableDataModule:
+def datamodule(data: DataSettings, tokenizer) -> ResumableDataModule:
     """The task's datamodule (English train, every language dev/test), set up; resumable, DDP-sharded."""
-    d = cfg.data
-    root = d.root
-    if root is None and cfg.task.name == "demo":
-        from sdq.data.demo import ensure_demo
-
+    root = data.root
+    if root is None and data.task == "demo":
         root = str(ensure_demo())
     dm = ResumableDataModule(
-        task=cfg.task.name, root=root, tokenizer=tokenizer, max_length=d.max_length,
-        batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
-        languages=list(d.languages) if d.languages is not None else None,
-        val_languages=list(val) if (val := d.get("val_languages") or cfg.task.get("val_languages")) else None,
-        num_workers=d.num_workers, seed=cfg.seed,
-        limit_train=d.limit_train if d.limit_train is not None else cfg.task.get("limit_train"),
-        limit_eval=d.limit_eval if d.limit_eval is not None else cfg.task.get("limit_eval"),
+        task=data.task, root=root, tokenizer=tokenizer, max_length=data.max_length,
+        batch_size=data.batch_size, eval_batch_size=data.eval_batch_size, languages=data.languages,
+        val_languages=data.val_languages, num_workers=data.num_workers, seed=data.seed,
+        limit_train=data.limit_train, limit_eval=data.limit_eval,
     )
     dm.setup("fit")
     return dm
 
 
-def make_module(cfg, student, teacher, loss, dm, lr: float, fp: dict, teacher_ckpt=None) -> SDQModule:
+def build_datamodule(cfg: DictConfig, tokenizer) -> ResumableDataModule:
+    """:func:`datamodule` for a run config (e.g. the one stored in a checkpoint)."""
+    return datamodule(DataSettings.from_config(cfg), tokenizer)
+
+
+def make_module(
+    student,
+    teacher,
+    loss,
+    dm: ResumableDataModule,
+    recipe: Recipe,
+    *,
+    teacher_bf16: bool = True,
+    layer_errors: bool = True,
+    fingerprint: dict | None = None,
+    run_config: dict | None = None,
+    teacher_ckpt: str | Path | None = None,
+) -> SDQModule:
     """The LightningModule for one stage (teacher fine-tuning or student training)."""
     spec = dm.spec
     diag = None
-    if teacher is not None and cfg.diagnostics.layer_errors:
+    if teacher is not None and layer_errors:
         diag = next(iter(dm.val_dataloader()[0]))  # a fixed dev batch (first language, first batch)
     return SDQModule(
         student, teacher, loss,
         TaskInfo(spec.name, spec.kind, spec.metric, tuple(spec.labels)),
         val_languages=dm.val_languages, test_languages=dm.test_languages,
-        lr=lr, weight_decay=cfg.task.weight_decay, warmup_ratio=cfg.task.warmup_ratio,
-        freeze_embeddings=cfg.task.freeze_embeddings, teacher_bf16=cfg.teacher.bf16,
-        diag_batch=diag, fingerprint=fp, run_config=plain_config(cfg),
+        lr=recipe.lr, weight_decay=recipe.weight_decay, warmup_ratio=recipe.warmup_ratio,
+        freeze_embeddings=recipe.freeze_embeddings, teacher_bf16=teacher_bf16,
+        diag_batch=diag, fingerprint=fingerprint, run_config=run_config,
         teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else None,
     )
 
@@ -65,17 +77,27 @@ def monitor_key(spec) -> str:
     return f"val/{spec.name}/avg/{spec.metric}"
 
 
-def fit_and_test(cfg, module, dm, stage_dir: Path, epochs: int, train: bool, tags: dict, ckpt_path=None):
+def fit_and_test(
+    module: SDQModule,
+    dm: ResumableDataModule,
+    lightning: LightningSettings,
+    stage_dir: Path,
+    *,
+    train: bool,
+    tags: dict,
+    ckpt_path: str | None = None,
+    teacher_stage: bool = False,
+):
     """Fit (best on average dev metric), reload best, test every language. Returns the trainer.
 
     ``ckpt_path``: ``last`` / a file to resume from (see :func:`sdq.lit.resume.resolve_ckpt_path`);
-    with ``None``, ``ckpt_path=last`` or ``resume=true`` in ``cfg`` still resumes this stage.
+    with ``None``, ``lightning.resume`` (``ckpt_path=last`` / ``resume=true``) still resumes this stage.
     """
-    ckpt_path = resolve_ckpt_path(cfg, stage_dir, ckpt_path) if train else None
+    ckpt_path = resolve_ckpt_path(stage_dir, ckpt_path, lightning.resume) if train else None
     if ckpt_path:  # unreadable, or from another model/quant config: one clear error before any output
         module.check_checkpoint(read_checkpoint(ckpt_path), f"checkpoint {ckpt_path}")
-    logger = build_logger(cfg, stage_dir, tags)
-    trainer = build_trainer(cfg, stage_dir, epochs, monitor_key(dm.spec), logger=logger, enable_checkpointing=train)
+    trainer = build_trainer(lightning, stage_dir, monitor_key(dm.spec), train=train, teacher_stage=teacher_stage,
+                            tags=tags, run_config=module.run_config)
     if train:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

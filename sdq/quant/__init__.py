@@ -37,7 +37,7 @@ statistics are all-reduced when torch.distributed is initialized (minmax: MIN/MA
 
 Integer domain: in eval mode without grad, a QuantLinear with a per-tensor uniform input quantizer and a
 uniform symmetric per-channel/tensor weight (<= 8 bits) sums integer codes and rescales once
-(``sdq.quant.intlinear``), exactly what its int8 export (``Int8Linear``, ``torch._int_mm``) computes.
+(``sdq.quant.intdomain``), exactly what its int8 export (``sdq.int8.Int8Linear``) computes.
 
 For exporters: every weight quantizer (``QuantLinear.weight_quantizer`` etc.) has
 ``quantize_int(w) -> (codes int32 of w.shape, params)`` and ``dequantize_int(codes, params)`` which
@@ -53,8 +53,9 @@ cols/group_size, row-major (group j of row r is index r*cols/group_size + j).
 from sdq.quant.attention import AttentionQuantizer, attach_attention_quantizers, detach_attention_quantizers
 from sdq.quant.base import PHASES, QuantizerBase
 from sdq.quant.config import GRANULARITIES, OBSERVERS, SCHEMES, QuantConfig, QuantizerConfig
+from sdq.quant.factory import make_quantizer
 from sdq.quant.modules import QuantEmbedding, QuantLinear, quant_noise
-from sdq.quant.nonuniform import BinaryCodeQuantizer, KMeansQuantizer, make_quantizer
+from sdq.quant.nonuniform import BinaryCodeQuantizer, KMeansQuantizer
 from sdq.quant.prepare import prepare, quantizers, set_enabled, set_phase, strip
 from sdq.quant.report import QuantReport, quant_report
 from sdq.quant.uniform import UniformQuantizer

@@ -66,7 +66,7 @@ def _generic_eager(module, query, key, value, attention_mask, scaling=None, drop
 
 
 def _base_function(base: str, module: nn.Module) -> Callable:
-    from transformers import AttentionInterface
+    from transformers import AttentionInterface  # lazy: heavy, only HF attention modules need it
 
     if base == "sdpa":
         return AttentionInterface._global_mapping["sdpa"]
@@ -91,8 +91,8 @@ def _make_impl(base: str) -> Callable:
 
 def register() -> None:
     """Register ``sdq_quant_sdpa`` / ``sdq_quant_eager`` (attention function + matching mask function)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+    from transformers import AttentionInterface  # lazy: heavy, only HF attention modules need it
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask  # lazy: as above
 
     for base, mask in (("sdpa", sdpa_mask), ("eager", eager_mask)):
         if IMPL_PREFIX + base not in AttentionInterface._global_mapping:
@@ -107,7 +107,7 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _set_impl(model: nn.Module, impl: str) -> None:
-    from transformers import PreTrainedModel
+    from transformers import PreTrainedModel  # lazy: heavy, only HF models need it
 
     tops = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
     for m in tops[:1]:

@@ -4,7 +4,7 @@ A quantizer sees a weight (R, C) or activations (..., C) and works on a grouped 
 set of params per group row: tensor (1, numel); channel/row (R, C) for weights, (C, N) for activations
 (last dim); group (R*C/group_size, group_size).
 
->>> q = make_quantizer(QuantizerConfig(bits=4, granularity="channel"), (16, 32))
+>>> q = UniformQuantizer(QuantizerConfig(bits=4, granularity="channel"), (16, 32))
 >>> y = q(w)                   # fake-quantized, same shape as w
 """
 
@@ -58,11 +58,7 @@ class QuantizerBase(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: QuantizerConfig, shape: tuple[int, ...], kind: str = "weight") -> QuantizerBase:
-        """``cls(cfg, shape, kind)``; on the base class, the quantizer matching ``cfg.scheme``."""
-        if cls is QuantizerBase:
-            from sdq.quant.nonuniform import make_quantizer
-
-            return make_quantizer(cfg, shape, kind)
+        """``cls(cfg, shape, kind)`` (the quantizer matching ``cfg.scheme``: :func:`sdq.quant.factory.make_quantizer`)."""
         return cls(cfg, shape, kind)
 
     # ------------------------------------------------------------------ layout

@@ -113,6 +113,62 @@ class QuantizerConfig:
         return self
 
 
+SOURCES = ("tokenizer", "train")
+
+
+@dataclass
+class TokenBitsConfig:
+    """``module`` regex of the embedding(s); ``buckets`` [[bits, share of vocabulary], ...] from the most
+    frequent token down; ``rest_bits`` for the remaining and unseen tokens; ``source`` tokenizer | train."""
+
+    module: str = r"word_embeddings$"
+    buckets: list = field(default_factory=lambda: [[4, 0.02], [2, 0.2]])
+    rest_bits: int = 1
+    source: str = "tokenizer"
+
+    @classmethod
+    def from_dict(cls, d: dict | TokenBitsConfig | None) -> TokenBitsConfig | None:
+        if d is None or isinstance(d, TokenBitsConfig):
+            return d
+        known = [f.name for f in fields(cls)]
+        if not isinstance(d, dict) or set(d) - set(known):
+            raise SdqConfigError(f"quant.token_bits={d!r}: use a mapping with fields {', '.join(known)}")
+        return cls(**d)
+
+    @property
+    def max_bits(self) -> int:
+        return max([int(b) for b, _ in self.buckets] + [int(self.rest_bits)])
+
+    def validate(self, emb: QuantizerConfig | None) -> TokenBitsConfig:
+        """Check values and that the embedding quantizer can hold them; return self."""
+        where = "quant.token_bits"
+        if emb is None or emb.scheme not in ("binary", "uniform") or emb.granularity == "tensor":
+            raise SdqConfigError(f"{where} needs quant.embedding with scheme binary or uniform and granularity "
+                                 "row/channel/group; set quant.embedding accordingly")
+        try:
+            pairs = [(int(b), float(s)) for b, s in self.buckets]
+        except (TypeError, ValueError):
+            raise SdqConfigError(f"{where}.buckets={self.buckets!r}: use [[bits, share], ...], "
+                                 "e.g. [[4, 0.02], [2, 0.2]]") from None
+        low = 1 if emb.scheme == "binary" else 2
+        for b in [b for b, _ in pairs] + [self.rest_bits]:
+            if not low <= int(b) <= emb.bits:
+                raise SdqConfigError(f"{where}: bits {b} outside {low}..{emb.bits} (quant.embedding.bits is the "
+                                     f"maximum; scheme {emb.scheme} needs >= {low})")
+        if any(s <= 0 for _, s in pairs) or sum(s for _, s in pairs) > 1.0 + 1e-9:
+            raise SdqConfigError(f"{where}.buckets shares must be > 0 and sum to <= 1 (got {self.buckets})")
+        if self.source not in SOURCES:
+            raise SdqConfigError(f"{where}.source={self.source!r} is unknown; choose one of: {', '.join(SOURCES)}")
+        try:
+            re.compile(self.module)
+        except re.error as e:
+            raise SdqConfigError(f"{where}.module={self.module!r} is not a valid regex ({e})") from e
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def _check_activation(cfg: QuantizerConfig | None, where: str, grans: tuple[str, ...]) -> None:
     if cfg is None:
         return
@@ -147,7 +203,7 @@ class QuantConfig:
     overrides: dict[str, dict] = field(default_factory=dict)
     quant_noise_p: float = 0.0
     quant_noise_block: int = 8
-    token_bits: Any = None  # sdq.quant.token_bits.TokenBitsConfig: per-token embedding bits by frequency
+    token_bits: TokenBitsConfig | None = None  # per-token embedding bits by frequency
 
     @classmethod
     def from_dict(cls, d: dict | None) -> QuantConfig:
@@ -166,8 +222,6 @@ class QuantConfig:
             d["skip"] = [d["skip"]]
         d["overrides"] = dict(d.get("overrides") or {})
         if d.get("token_bits") is not None:
-            from sdq.quant.token_bits import TokenBitsConfig
-
             d["token_bits"] = TokenBitsConfig.from_dict(d["token_bits"])
         return cls(**d)
 
@@ -214,8 +268,6 @@ class QuantConfig:
         if not _is_int(self.quant_noise_block) or self.quant_noise_block < 1:
             raise SdqConfigError(f"quant.quant_noise_block={self.quant_noise_block!r} must be a positive integer")
         if self.token_bits is not None:
-            from sdq.quant.token_bits import TokenBitsConfig
-
             self.token_bits = TokenBitsConfig.from_dict(self.token_bits).validate(self.embedding)
         return self
 

@@ -14,8 +14,8 @@ from torch import nn
 
 from sdq.quant.base import QuantizerBase
 from sdq.quant.config import QuantizerConfig
-from sdq.quant.intlinear import int_domain_linear, int_domain_ok
-from sdq.quant.nonuniform import make_quantizer
+from sdq.quant.factory import make_quantizer
+from sdq.quant.intdomain import int_domain_linear, int_domain_ok
 
 
 def quant_noise(w: torch.Tensor, wq: torch.Tensor, p: float, block: int) -> torch.Tensor:
@@ -44,7 +44,7 @@ class _QuantWeightMixin:
 class QuantLinear(_QuantWeightMixin, nn.Linear):
     """nn.Linear with ``weight_quantizer`` and optional input ``act_quantizer``. In eval mode without grad, a
     W8A8-style layer (per-tensor input, symmetric uniform weight) computes in the integer domain
-    (:mod:`sdq.quant.intlinear`), bit-identical to its int8 export."""
+    (:mod:`sdq.quant.intdomain`), bit-identical to its int8 export (:class:`sdq.int8.Int8Linear`)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  weight_cfg: QuantizerConfig | None = None, act_cfg: QuantizerConfig | None = None,

@@ -161,13 +161,3 @@ class BinaryCodeQuantizer(_CodebookQuantizer):
     def storage_bits(self) -> tuple[float, float]:
         return float(self.cfg.bits), float(self.n_groups * self.cfg.bits * 32)
 
-
-def make_quantizer(cfg: QuantizerConfig, shape: tuple[int, ...], kind: str = "weight") -> QuantizerBase:
-    """The quantizer for ``cfg.scheme``: uniform/lsq -> UniformQuantizer, kmeans, binary."""
-    from sdq.quant.uniform import UniformQuantizer
-
-    if cfg.scheme == "kmeans":
-        return KMeansQuantizer(cfg, shape, kind)
-    if cfg.scheme == "binary":
-        return BinaryCodeQuantizer(cfg, shape, kind)
-    return UniformQuantizer(cfg, shape, kind)

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -17,6 +19,7 @@ from sdq.quant.base import PHASES, QuantizerBase
 from sdq.quant.config import QuantConfig, QuantizerConfig
 from sdq.quant.modules import QuantEmbedding, QuantLinear
 from sdq.quant.report import QuantReport, quant_report
+from sdq.quant.token_bits import attach_token_bits
 
 
 def _check_shape(name: str, cfg: QuantizerConfig, rows: int, cols: int, what: str, qcfg: QuantConfig) -> None:
@@ -67,8 +70,6 @@ def prepare(model: nn.Module, cfg: QuantConfig) -> QuantReport:
     if cfg.attention is not None:
         attach_attention_quantizers(model, cfg.attention, cfg.skip)
     if cfg.token_bits is not None:  # per-row bit buffers; bits by frequency: token_bits.assign_token_bits
-        from sdq.quant.token_bits import attach_token_bits
-
         attach_token_bits(model, cfg.token_bits)
     return quant_report(model)
 
@@ -88,8 +89,6 @@ def set_phase(model: nn.Module, phase: str, pattern: str | None = None) -> None:
     """``calibrate``: observers update ranges/codebooks from data (weights and activations);
     ``frozen``: fixed params; ``learn``: LSQ steps get gradients, observers frozen.
     ``pattern``: only quantizers whose name matches this regex (e.g. ``act_quantizer``)."""
-    import re
-
     if phase not in PHASES:
         raise SdqConfigError(f"quant phase {phase!r} is unknown; choose one of: {', '.join(PHASES)}")
     for name, m in model.named_modules():  # leaving calibrate: input-weighted weight fits on all inputs seen

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from sdq.quant.attention import AttentionQuantizer
+from sdq.quant.modules import QuantEmbedding, QuantLinear
+from sdq.quant.uniform import UniformQuantizer
+
 
 @dataclass
 class QuantReport:
@@ -90,10 +94,6 @@ class QuantReport:
 
 def quant_report(model: nn.Module) -> QuantReport:
     """Report for a prepared model (recompute after ``set_row_bits`` or overrides changed bits)."""
-    from sdq.quant.attention import AttentionQuantizer
-    from sdq.quant.modules import QuantEmbedding, QuantLinear
-    from sdq.quant.uniform import UniformQuantizer
-
     rep = QuantReport(params_total=sum(p.numel() for p in model.parameters()))
     for name, mod in model.named_modules():
         if isinstance(mod, QuantLinear | QuantEmbedding) and mod.weight_quantizer is not None:

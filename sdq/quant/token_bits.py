@@ -19,75 +19,19 @@ pretraining corpus (CC-100 for XLM-R), which covers every language of the zero-s
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
 
-from sdq.errors import SdqConfigError, SdqModelError
+from sdq.errors import SdqModelError
 from sdq.quant import functional as F
 from sdq.quant.base import chunks
-from sdq.quant.config import QuantizerConfig
+from sdq.quant.config import QuantizerConfig, TokenBitsConfig
+from sdq.quant.modules import QuantEmbedding
 from sdq.quant.nonuniform import BinaryCodeQuantizer
-
-SOURCES = ("tokenizer", "train")
-
-
-@dataclass
-class TokenBitsConfig:
-    """``module`` regex of the embedding(s); ``buckets`` [[bits, share of vocabulary], ...] from the most
-    frequent token down; ``rest_bits`` for the remaining and unseen tokens; ``source`` tokenizer | train."""
-
-    module: str = r"word_embeddings$"
-    buckets: list = field(default_factory=lambda: [[4, 0.02], [2, 0.2]])
-    rest_bits: int = 1
-    source: str = "tokenizer"
-
-    @classmethod
-    def from_dict(cls, d: dict | TokenBitsConfig | None) -> TokenBitsConfig | None:
-        if d is None or isinstance(d, TokenBitsConfig):
-            return d
-        known = [f.name for f in fields(cls)]
-        if not isinstance(d, dict) or set(d) - set(known):
-            raise SdqConfigError(f"quant.token_bits={d!r}: use a mapping with fields {', '.join(known)}")
-        return cls(**d)
-
-    @property
-    def max_bits(self) -> int:
-        return max([int(b) for b, _ in self.buckets] + [int(self.rest_bits)])
-
-    def validate(self, emb: QuantizerConfig | None) -> TokenBitsConfig:
-        """Check values and that the embedding quantizer can hold them; return self."""
-        where = "quant.token_bits"
-        if emb is None or emb.scheme not in ("binary", "uniform") or emb.granularity == "tensor":
-            raise SdqConfigError(f"{where} needs quant.embedding with scheme binary or uniform and granularity "
-                                 "row/channel/group; set quant.embedding accordingly")
-        try:
-            pairs = [(int(b), float(s)) for b, s in self.buckets]
-        except (TypeError, ValueError):
-            raise SdqConfigError(f"{where}.buckets={self.buckets!r}: use [[bits, share], ...], "
-                                 "e.g. [[4, 0.02], [2, 0.2]]") from None
-        low = 1 if emb.scheme == "binary" else 2
-        for b in [b for b, _ in pairs] + [self.rest_bits]:
-            if not low <= int(b) <= emb.bits:
-                raise SdqConfigError(f"{where}: bits {b} outside {low}..{emb.bits} (quant.embedding.bits is the "
-                                     f"maximum; scheme {emb.scheme} needs >= {low})")
-        if any(s <= 0 for _, s in pairs) or sum(s for _, s in pairs) > 1.0 + 1e-9:
-            raise SdqConfigError(f"{where}.buckets shares must be > 0 and sum to <= 1 (got {self.buckets})")
-        if self.source not in SOURCES:
-            raise SdqConfigError(f"{where}.source={self.source!r} is unknown; choose one of: {', '.join(SOURCES)}")
-        try:
-            re.compile(self.module)
-        except re.error as e:
-            raise SdqConfigError(f"{where}.module={self.module!r} is not a valid regex ({e})") from e
-        return self
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def assign_bits(freq: torch.Tensor, buckets: list, rest_bits: int) -> torch.Tensor:
@@ -141,8 +85,6 @@ class RowBinaryQuantizer(BinaryCodeQuantizer):
 def attach_token_bits(model: nn.Module, tb: TokenBitsConfig) -> list[str]:
     """prepare hook: binary embeddings matching ``tb.module`` get a :class:`RowBinaryQuantizer` (all rows at
     the maximum bits until :func:`assign_token_bits`); returns the matched embedding names."""
-    from sdq.quant.modules import QuantEmbedding
-
     names = []
     for name, mod in model.named_modules():
         if isinstance(mod, QuantEmbedding) and mod.weight_quantizer is not None and re.search(tb.module, name):
@@ -210,9 +152,3 @@ def count_tokens(batches: Iterable[dict], vocab_size: int) -> torch.Tensor:
         counts += torch.bincount(ids.reshape(-1), minlength=vocab_size)[:vocab_size].double()
     return counts
 
-
-def frequencies_for_run(tb: TokenBitsConfig, tokenizer, dm) -> torch.Tensor:
-    """The frequencies ``tb.source`` asks for: tokenizer scores or counts over the task's training data."""
-    if tb.source == "tokenizer":
-        return tokenizer_frequencies(tokenizer)
-    return count_tokens(dm.train_dataloader(), len(tokenizer))

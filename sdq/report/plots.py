@@ -21,6 +21,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from sdq.report.compare import ComparisonTable
+from sdq.report.io import METHOD_ORDER, bits_label, label_bits
 from sdq.report.run_table import LangRow
 
 DPI = 120
@@ -191,7 +192,6 @@ def plot_compare_layer_errors(runs: list[tuple[Path, dict]], task: str, path: st
     from matplotlib import rcParams
 
     from sdq.distill.diagnostics import draw_layer_errors
-    from sdq.report.io import METHOD_ORDER, bits_label, label_bits
 
     panels: dict[str, dict[str, dict]] = {}
     for _, r in runs:

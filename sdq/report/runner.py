@@ -32,8 +32,9 @@ from sdq.report.io import (
 )
 from sdq.report.plots import plot_averages, plot_compare_layer_errors, plot_heatmap, plot_languages
 from sdq.report.run_table import language_rows, print_rows, rows_markdown
+from sdq.report.wandb_log import log_comparison, log_results
 
-XGLUE_TASKS = tuple(t for t in TASKS if t != "demo")
+XGLUE_TASKS = tuple(t for t in TASKS if t not in ("demo", "sib200"))
 MODES = ("ckpt", "results", "compare")
 
 
@@ -62,7 +63,8 @@ def check_languages(languages, tasks: list[str]) -> list[str] | None:
         return None
     languages = [str(lang) for lang in ([languages] if isinstance(languages, str) else languages)]
     for task in tasks:
-        bad = [lang for lang in languages if lang not in get_task(task).languages]
+        spec = get_task(task)  # open (sib200): any language of the data folder
+        bad = [] if spec.open_languages else [lang for lang in languages if lang not in spec.languages]
         if bad:
             raise SdqConfigError(
                 f"languages: {', '.join(bad)} not in task {task} "
@@ -110,7 +112,7 @@ def merge_results(parts: list[dict]) -> dict:
     for p in parts[1:]:
         for t in task_names(p):
             merged[t] = p[t]
-        for section in ("teacher", "fidelity"):
+        for section in ("teacher", "fidelity", "examples"):
             if p.get(section):
                 merged.setdefault(section, {}).update(p[section])
     if len(tasks) > 1:
@@ -118,9 +120,27 @@ def merge_results(parts: list[dict]) -> dict:
     return merged
 
 
+def eval_limit(cfg: DictConfig) -> int | None:
+    """``data.limit_eval``: dev/test examples per language, a positive integer or null (every example)."""
+    limit = cfg.data.get("limit_eval")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise SdqConfigError(f"data.limit_eval={limit!r} must be a positive integer (examples per language) "
+                             "or null (every example)")
+    return limit
+
+
+def examples_line(results: dict, task: str) -> str:
+    """``xnli examples evaluated per language: dev en 500, de 500; test en 500, de 500``."""
+    counts = (results.get("examples") or {}).get(task) or {}
+    parts = [f"{split} " + ", ".join(f"{lang} {n}" for lang, n in per_lang.items())
+             for split, per_lang in counts.items() if per_lang]
+    return f"{task} examples evaluated per language: {'; '.join(parts) or 'none'}"
+
+
 def evaluate(cfg: DictConfig, tasks: list[str], reference: Reference | None, console: Console) -> dict:
     """Run ``sdq.evaluate.evaluate_checkpoint`` for every task (paths checked before anything loads)."""
     ckpts = {task: _ckpt_for(cfg.ckpt, task) for task in tasks}
+    limit = eval_limit(cfg)
     from sdq.evaluate import evaluate_checkpoint  # torch + Lightning: only once the input is known good
 
     parts = []
@@ -134,8 +154,10 @@ def evaluate(cfg: DictConfig, tasks: list[str], reference: Reference | None, con
                 reference=reference.ckpt if reference else None,
                 languages=check_languages(_plain(cfg.languages), [task]),
                 batch_size=int(cfg.data.eval_batch_size),
+                limit_eval=limit,
             )
         )
+        console.print(examples_line(parts[-1], task), soft_wrap=True)
     return merge_results(parts)
 
 
@@ -217,8 +239,6 @@ def run_compare(cfg: DictConfig, out_dir: Path, console: Console) -> int:
             md += [f"![{png.stem}]({png.name})", ""]
     (out_dir / "compare.md").write_text("\n".join(md))
     if cfg.wandb.enabled:
-        from sdq.report.wandb_log import log_comparison
-
         log_comparison(tables, out_dir, project=cfg.wandb.project, mode=cfg.wandb.mode)
     console.print(f"comparison of {len(runs)} runs written to {out_dir}")
     return 0
@@ -276,8 +296,6 @@ def run_eval(cfg: DictConfig, out_dir: Path, console: Console | None = None) -> 
     ref_label = "reference" if reference is not None else "FP teacher"
     all_rows = report_run(results, tasks, split, ref, ref_label, out_dir, bool(cfg.plots), console)
     if cfg.wandb.enabled:
-        from sdq.report.wandb_log import log_results
-
         log_results(results, project=cfg.wandb.project, dir=out_dir, mode=cfg.wandb.mode)
     console.print(f"report written to {out_dir}")
     if max_drop is None and max_lang_drop is None:

@@ -1,7 +1,7 @@
 """Log a results dict to Weights & Biases: per-language table, bar charts, summary metrics, tags.
 
-Offline automatically when api.wandb.ai does not answer within 1.5 s (``WANDB_MODE`` wins when
-set); offline run dirs land in ``<dir>/wandb/offline-run-*`` and upload later with ``wandb sync``.
+Mode by W&B's own ``WANDB_MODE``; unset, online when logged in (``wandb login``) and offline
+otherwise (:func:`sdq.lit.logger.wandb_mode`); offline run dirs land in ``<dir>/wandb/offline-run-*`` and upload later with ``wandb sync``.
 Tags and group match the training logger (``model=…``, ``task-model`` group) so sweeps and
 evaluations group together in one project dashboard.
 
@@ -12,7 +12,6 @@ evaluations group together in one project dashboard.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 from sdq.data.tasks import get_task
@@ -23,13 +22,11 @@ SPLITS = ("test", "dev")
 
 
 def wandb_mode(mode: str | None = None) -> str:
-    """``online`` / ``offline`` / ``disabled``: ``mode`` or ``WANDB_MODE`` when given, else a 1.5 s probe."""
-    mode = mode or os.environ.get("WANDB_MODE")
-    if mode in (None, "", "auto"):
-        from sdq.lit.builders import wandb_reachable
+    """``online`` / ``offline`` / ``disabled``: ``mode`` or ``WANDB_MODE`` when given, else online when
+    logged in, offline otherwise."""
+    from sdq.lit.logger import wandb_mode as lit_wandb_mode
 
-        return "online" if wandb_reachable() else "offline"
-    return "offline" if mode == "dryrun" else str(mode)
+    return lit_wandb_mode(mode)
 
 
 def _finite(v: float) -> float | None:

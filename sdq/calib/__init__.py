@@ -1,0 +1,29 @@
+"""Calibration that needs a model, data or plots: what ``sdq.quant`` (tensors and modules only) leaves out.
+
+- :func:`calibrate`: observers of a prepared model see batches, no gradient step;
+- :mod:`sdq.calib.datafree`: multilingual pseudo-sentences from the tokenizer's unigram model, calibration
+  batches, data-free PTQ (:func:`prepare_datafree`);
+- :mod:`sdq.calib.sensitivity`: one-module-at-a-time quantization sensitivity, budgets, tables and plots
+  (command line: ``python -m sdq.calib.sensitivity_cli``);
+- :func:`frequencies_for_run`: token frequencies for per-token embedding bits.
+
+>>> from sdq.calib import calibrate, calibration_batches, prepare_datafree
+>>> calibrate(model, calibration_batches(dm.train_dataloader(), 16, tokenizer, n_pseudo=128), 20)
+"""
+
+from sdq.calib.calibrate import calibrate
+from sdq.calib.datafree import calibration_batches, datafree_batches, prepare_datafree
+from sdq.calib.frequencies import frequencies_for_run
+from sdq.calib.sensitivity import budget_skip, kind_sensitivity, layer_sensitivity, write_sensitivity
+
+__all__ = [
+    "budget_skip",
+    "calibrate",
+    "calibration_batches",
+    "datafree_batches",
+    "frequencies_for_run",
+    "kind_sensitivity",
+    "layer_sensitivity",
+    "prepare_datafree",
+    "write_sensitivity",
+]
