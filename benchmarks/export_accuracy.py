@@ -107,7 +107,7 @@ def main() -> None:
     reused = False
     if args.reuse:
         try:
-            verify_dir(out, need=("sdq_export.json", "model.safetensors", "model.onnx"))
+            verify_dir(out, need=("sdq_export.json", "sdq_packed.safetensors", "model.onnx"))
             reused = True
         except SdqError:
             pass

@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     from sdq.export import check_agreement, export_quantized, load_quantized
     from sdq.export.ort_model import OrtModel, ort_session
+    from sdq.export.writer import WEIGHTS_FILE
     from sdq.int8 import cpu_has_vnni, int8_kernels
     from sdq.models import build_model
 
@@ -156,8 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
             tag = f"w{bits}a8" if act else f"w{bits}"
             s = student(fp, bits, act, calib[:1])
             onnx = act or (bits == 4 and not args.quick)
-            rep = export_quantized(s, tmp / tag, onnx=onnx)
-            packed = (tmp / tag / "model.safetensors").stat().st_size
+            rep = export_quantized(s, tmp / tag, onnx=onnx, hf_copy=False)  # the packed file alone
+            packed = (tmp / tag / WEIGHTS_FILE).stat().st_size
             sizes[tag] = {"packed_MB": packed / 1e6, "ratio_vs_fp32_checkpoint": fp32_bytes / packed,
                           "tensor_ratio": rep.ratio}
             print(f"[{time.time() - t0:5.0f}s] {tag}: packed {packed / 1e6:.1f} MB, "

@@ -14,8 +14,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sdq.data.tasks import get_task
+from sdq.data.task_config import task_from_config
 from sdq.errors import SdqConfigError
+from sdq.models.hf_teacher import model_tag
 
 METHODS = ("fp", "fp_continued", "ptq", "ptq_datafree", "qat", "qat_kd", "sdq", "sdq_noise")
 
@@ -31,7 +32,8 @@ def bits_or(default: Any, *, _root_: DictConfig) -> Any:
     return default if bits is None else bits
 
 
-for _name, _fn in (("sdq_quant_tag", quant_tag), ("bits_or", bits_or)):
+# ${sdq_model_tag:${model.name},${teacher.ckpt}} (hydra.run.dir): the HF teacher's name, else model.name
+for _name, _fn in (("sdq_quant_tag", quant_tag), ("bits_or", bits_or), ("sdq_model_tag", model_tag)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)
 
@@ -79,7 +81,7 @@ def quant_dict(cfg: DictConfig) -> dict:
 def resolve_config(cfg: DictConfig) -> DictConfig:
     """Validate every user choice that can be checked without loading a model."""
     check_bits(cfg)
-    spec = get_task(cfg.task.name)  # unknown task -> SdqConfigError listing the known ones
+    spec = task_from_config(cfg.task)  # unknown task, kind, metric, source keys -> SdqConfigError
     if cfg.method.name not in METHODS:
         raise SdqConfigError(f"method={cfg.method.name!r} is unknown; choose one of: {', '.join(METHODS)}")
     langs = cfg.data.get("languages")

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
-from sdq.data.tasks import get_task
+from sdq.data.task_config import task_from_config
+from sdq.data.tasks import TASKS, get_task
 from sdq.distill import DistillLoss
 from sdq.errors import SdqConfigError
 from sdq.lit.module import SDQModule, TaskInfo
@@ -46,15 +47,17 @@ def evaluate_checkpoint(
     ``limit_eval``: dev/test examples per language (seeded subsample); None = all of them, whatever the
     training run used. ``results["examples"][task]`` holds the counts evaluated per split and language.
     """
-    spec = get_task(task)
+    own = str(task).lower().replace("-", "") not in TASKS  # an own task: its spec is the checkpoint's
+    asked = str(task) if own else get_task(task).name
     path = resolve_ckpt(ckpt)
     raw = read_checkpoint(path)
     cfg = checkpoint_config(raw)
-    if cfg.task.name != spec.name:
+    if cfg.task.name != asked:
         raise SdqConfigError(
-            f"checkpoint {path} was trained for task {cfg.task.name}, not {spec.name}: evaluate it with "
+            f"checkpoint {path} was trained for task {cfg.task.name}, not {asked}: evaluate it with "
             f"task={cfg.task.name}"
         )
+    spec = task_from_config(cfg.task)
     student = load_student(path)
     teacher = None
     if reference is not None:

@@ -18,12 +18,19 @@ from omegaconf import DictConfig, open_dict
 
 from sdq.calib import calibrate, calibration_batches, frequencies_for_run, prepare_datafree
 from sdq.config import fingerprint, plain_config, quant_dict, resolve_config
-from sdq.data.tasks import get_task
+from sdq.data.task_config import task_from_config
 from sdq.lit.logger import finish_logger
 from sdq.lit.quiet import quiet_lightning
 from sdq.lit.settings import RunSettings
 from sdq.lit.stage import datamodule, fit_and_test, make_module
 from sdq.models import build_model, load_tokenizer, resolve_backbone, set_dropout
+from sdq.models.hf_teacher import (
+    hf_model_name,
+    hf_model_ref,
+    hf_teacher_config,
+    hf_teacher_tokenizer,
+    load_hf_teacher,
+)
 from sdq.quant import QuantConfig, prepare, quant_report
 from sdq.quant.token_bits import assign_token_bits
 from sdq.report.wandb_log import log_results
@@ -43,19 +50,31 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
-    spec = get_task(cfg.task.name)
+    spec = task_from_config(cfg.task)  # labels may be read from the data: dm.spec below
     method = cfg.method
+    hf_ref = hf_model_ref(settings.teacher.ckpt) if method.use_teacher or method.quantize else None
+    if hf_ref:  # a fine-tuned HF classifier: its backbone, head, tokenizer, labels and name (checked first)
+        hf_config = hf_teacher_config(hf_ref, spec.kind, spec.name)
+        with open_dict(cfg):
+            cfg.model.name, cfg.model.name_or_path = hf_model_name(hf_ref), hf_ref
+        backbone, tokenizer = hf_ref, hf_teacher_tokenizer(hf_ref, hf_config)
+    else:
+        backbone = resolve_backbone(cfg.model.name_or_path)  # offline + not cached -> SdqModelError
+        tokenizer = load_tokenizer(backbone)
     tags = {"model": cfg.model.name, "task": spec.name, "method": method.name, "quant": cfg.quant.name,
             "bits": cfg.bits if cfg.bits is not None else cfg.quant.name}
-
-    backbone = resolve_backbone(cfg.model.name_or_path)  # offline + not cached -> SdqModelError
-    tokenizer = load_tokenizer(backbone)
-    dm = datamodule(settings.data, tokenizer)
+    dm = datamodule(settings.data, tokenizer)  # every split read and checked (fail fast)
+    spec = dm.spec
+    with open_dict(cfg):
+        cfg.task.labels = list(dm.labels)  # the final label list, in every checkpoint's run config
+    labels = run_labels(cfg, dm)
     loss = hydra.utils.instantiate(method.loss)
 
     teacher = None
     teacher_path = None
-    if method.use_teacher or method.quantize:
+    if hf_ref:  # stage 1 skipped: the student starts from the given model
+        teacher, teacher_path = load_hf_teacher(hf_ref, hf_config, list(labels["id2label"].values())), hf_ref
+    elif method.use_teacher or method.quantize:
         teacher_path = obtain_teacher(settings.teacher, lambda: finetune_teacher(
             backbone, dm, run_dir / "teacher", settings.teacher, settings.lightning, cfg.model.name,
             plain_config(cfg)))
@@ -97,7 +116,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     if method.quantize and not method.train:  # PTQ: keep the calibrated student (export, eval_xglue)
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
 
-    meta = {**tags, "teacher_ckpt": str(teacher_path) if teacher_path else None,
+    meta = {**tags, "teacher_ckpt": str(teacher_path) if teacher_path else None, "labels": labels,
             "quant_report": report.to_dict() if report is not None else None, "config": plain_config(cfg)}
     if not trainer.is_global_zero:  # DDP: every rank ran the job, rank 0 writes and prints
         return build_results(spec, module.results, module.layer_error_history, meta)
@@ -105,6 +124,16 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     _log_to_wandb(trainer, results)
     print_table(results, spec)
     return results
+
+
+def run_labels(cfg: DictConfig, dm) -> dict:
+    """``{"id2label": {0: ...}, "label2id": {...: 0}}`` of the data (the models' output order), also written
+    into ``cfg.model`` so the student checkpoint's run config carries them (the export's config.json)."""
+    names = [str(x) for x in (getattr(dm, "labels", None) or dm.spec.labels)]
+    labels = {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
+    with open_dict(cfg):
+        cfg.model.id2label, cfg.model.label2id = labels["id2label"], labels["label2id"]
+    return labels
 
 
 def _log_to_wandb(trainer, results: dict) -> None:

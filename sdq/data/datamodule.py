@@ -1,4 +1,6 @@
-"""Lightning data module for zero-shot cross-lingual XGLUE: English train, per-language dev/test.
+"""Lightning data module of a task: its train data, per-language dev/test (XGLUE: zero-shot cross-lingual,
+English train). A task read from its own files or dataset (a spec with a ``source``) is read and validated
+whole when the module is built; ``dm.labels`` is its final label list.
 
 >>> dm = XGLUEDataModule("xnli", root="/data/xglue_full_dataset", tokenizer=tok, batch_size=32)
 >>> dm.setup("fit")
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from torch.utils.data import DataLoader
 from sdq.data.collate import Collator
 from sdq.data.demo import ensure_demo
 from sdq.data.hub import read_hub_split, require_hub
+from sdq.data.own_task import OwnTaskData
 from sdq.data.sib200 import subset_dir
 from sdq.data.tasks import TaskSpec, get_task
 from sdq.data.xglue import available_languages, read_split
@@ -55,7 +59,7 @@ class XGLUEDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        task: str,
+        task: str | TaskSpec,
         root: str | Path | None = None,
         tokenizer: Any = None,
         max_length: int = 128,
@@ -71,7 +75,11 @@ class XGLUEDataModule(pl.LightningDataModule):
         val_languages: list[str] | None = None,
     ) -> None:
         super().__init__()
-        self.spec: TaskSpec = get_task(task)
+        self.spec: TaskSpec = task if isinstance(task, TaskSpec) else get_task(task)
+        self.own: OwnTaskData | None = None
+        if self.spec.source is not None:  # own files / dataset: read and check every split now
+            self.own = OwnTaskData(self.spec)
+            self.spec = replace(self.spec, labels=self.own.labels)
         if tokenizer is None:
             raise SdqConfigError("XGLUEDataModule needs a tokenizer (a fast HF tokenizer object or a name)")
         self.tokenizer = load_tokenizer(tokenizer)
@@ -85,7 +93,7 @@ class XGLUEDataModule(pl.LightningDataModule):
         self.root = Path(root) if root is not None else None
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
         # the task's first language (English) unless given
-        self.train_lang, self.num_workers, self.seed = train_lang or self.spec.languages[0], num_workers, seed
+        self.train_lang, self.num_workers, self.seed = train_lang or self._train_language(), num_workers, seed
         self.limit_train, self.limit_eval = limit_train, limit_eval
         self.collate = Collator(self._pad_id(), self.spec.is_token_task, pad_to_multiple_of)
         # dev languages used for model selection (e.g. ["en"]: 15x cheaper validation on CPU)
@@ -109,6 +117,11 @@ class XGLUEDataModule(pl.LightningDataModule):
         return self.spec.labels
 
     @property
+    def labels(self) -> tuple[str, ...]:
+        """The final label list, index = class id (given, or read from the training data): ``id2label``."""
+        return self.spec.labels
+
+    @property
     def metric(self) -> str:
         return self.spec.metric
 
@@ -119,7 +132,21 @@ class XGLUEDataModule(pl.LightningDataModule):
             raise SdqConfigError(f"tokenizer {type(self.tokenizer).__name__} has no pad token; set one")
         return int(pad)
 
+    def _train_language(self) -> str:
+        if self.own is None:
+            return self.spec.languages[0]
+        langs = self.own.train_languages
+        return langs[0] if len(langs) == 1 else "all"
+
     def _resolve_languages(self, languages: list[str] | None, split: str) -> list[str]:
+        if self.own is not None:  # the languages found in the task's own data
+            found = self.own.languages(split)
+            missing = [lang for lang in languages or () if lang not in found]
+            if missing:
+                raise SdqConfigError(f"data.languages: no {self.spec.name} {split} examples for "
+                                     f"{', '.join(missing)} (found: {', '.join(found)}); drop them or use "
+                                     "data.languages=null")
+            return list(languages) if languages is not None else found
         if languages is not None and not self.spec.open_languages:  # open: checked against the files
             bad = [lang for lang in languages if lang not in self.spec.languages]
             if bad:
@@ -149,6 +176,8 @@ class XGLUEDataModule(pl.LightningDataModule):
         return found
 
     def _read(self, lang: str, split: str) -> list[dict]:
+        if self.own is not None:
+            return self.own.rows(None if split == "train" else lang, split)
         if self.root is None:
             return read_hub_split(self.spec, lang, split)
         return read_split(self.root, self.spec, lang, split)
@@ -186,7 +215,7 @@ class XGLUEDataModule(pl.LightningDataModule):
         return self.encode(subsample(self._read(lang, split), limit, self.seed))
 
     def prepare_data(self) -> None:
-        if self.root is None:
+        if self.root is None and self.own is None:
             require_hub()
 
     def setup(self, stage: str | None = None) -> None:

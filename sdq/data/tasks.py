@@ -1,4 +1,6 @@
-"""XGLUE tasks and SIB-200: kind, official languages (English first), label sets, metric, folder.
+"""Task specs: kind, languages, label set, metric and where the data is. The built-in XGLUE tasks and
+SIB-200 are registered here (official languages, English first); a task declared in a config (own files
+or a ``datasets`` dataset) is built by :func:`sdq.data.task_config.task_from_config` with a ``source``.
 
 >>> spec = get_task("xnli")
 >>> spec.kind, spec.metric, spec.labels
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sdq.data.sib200 import LABELS as SIB200_LABELS
 from sdq.data.sib200 import SUBSET_LANGUAGES
@@ -26,9 +29,14 @@ NC_CATEGORIES = (
 )  # fmt: skip
 
 
+# Config kinds; ``pair_cls`` is a sentence-pair ``seq_cls`` task (same head).
+KINDS = ("seq_cls", "pair_cls", "token_cls", "rank")
+
+
 @dataclass(frozen=True)
 class TaskSpec:
-    """One XGLUE task. ``aliases`` maps alternative label spellings to a canonical label."""
+    """One task. ``aliases`` maps alternative label spellings to a canonical label; ``source``
+    (:class:`sdq.data.source.DataSource`) is set for a task read from its own files or dataset."""
 
     name: str
     kind: str  # seq_cls | token_cls | rank
@@ -39,6 +47,7 @@ class TaskSpec:
     aliases: tuple[tuple[str, str], ...] = ()
     # True: ``languages`` is the embedded default; a data root may hold others (found as folders there)
     open_languages: bool = False
+    source: Any = None  # DataSource of a config-declared task; None: the built-in layout of ``name``
 
     @property
     def num_labels(self) -> int:

@@ -6,7 +6,11 @@ training code, INT8 onnxruntime inference on CPU, agreement checked against the 
 >>> fast = load_quantized("export/run", backend="onnx")           # int8 onnxruntime on CPU
 >>> check_agreement(student, fast, batches, tol=0.1)              # SdqError when accuracy differs more
 
-CLI: ``python -m sdq.export ckpt=<run>/checkpoints/best.ckpt out=<dir>``.
+The dir also loads with plain transformers (``model.safetensors``: dequantized weights, written only
+when it reproduces the student, :mod:`sdq.export.hf_copy`) and onnxruntime, with the run's tokenizer and
+a model card.
+
+CLI: ``python -m sdq.export ckpt=<run dir> out=<dir>`` (its checkpoints/best.ckpt, else last.ckpt).
 """
 
 from sdq.export.agreement import check_agreement

@@ -1,5 +1,9 @@
-"""``python -m sdq.export ckpt=<student ckpt> out=<dir> [onnx=auto|true|false] [check=true|test|false] [batches=8]
-[tol=0.1] [backend=int8|onnx|torch]`` (Hydra overrides; ``--help`` lists them).
+"""``python -m sdq.export ckpt=<run dir or student ckpt> out=<dir> [onnx=auto|true|false] [check=true|test|false]
+[batches=8] [tol=0.1] [backend=int8|onnx|torch] [hf_copy=auto|true|false]`` (Hydra overrides; ``--help`` lists them).
+
+``ckpt=<run dir>`` takes its ``checkpoints/best.ckpt``, else ``checkpoints/last.ckpt``. The export dir carries
+the run's tokenizer, label names and a model card, and a transformers-loadable copy when it reproduces the
+student (``hf_copy``, see :mod:`sdq.export.hf_copy`; measured on the check's batches).
 
 Packs the checkpoint's fake-quantized student (``sdq.lit.restore.load_student``), prints the size table
 per module kind and the whole-model ratio, then evaluates the exported model (``backend=int8`` by default when activations are quantized: torch
@@ -29,19 +33,21 @@ from omegaconf import DictConfig, OmegaConf
 from sdq.cli import guarded, run_hydra, run_overrides
 from sdq.errors import SdqConfigError
 
-USAGE = "usage: python -m sdq.export ckpt=<run>/checkpoints/best.ckpt out=<dir> [onnx=auto] [check=true]"
+USAGE = "usage: python -m sdq.export ckpt=<run dir or .ckpt> out=<dir> [onnx=auto] [check=true]"
 HELP = """python -m sdq.export: pack a trained student's quantized weights (int8 / ONNX) and check it agrees.
 
-  python -m sdq.export ckpt=<run>/checkpoints/best.ckpt out=<dir> [onnx=auto|true|false]
-      [check=true|test|false] [batches=8] [tol=0.1] [backend=int8|onnx|torch]
+  python -m sdq.export ckpt=<run dir> out=<dir> [onnx=auto|true|false]
+      [check=true|test|false] [batches=8] [tol=0.1] [backend=int8|onnx|torch] [hf_copy=auto|true|false]
 
-  ckpt     the student checkpoint (required)
-  out      the export dir (required): weights, model.onnx, export_report.json
+  ckpt     a run dir (its checkpoints/best.ckpt, else last.ckpt) or a student .ckpt (required)
+  out      the export dir (required): weights, tokenizer, model card, model.onnx, export_report.json
   onnx     write the int8 ONNX model: auto (when onnx + onnxruntime are installed) | true | false
   check    true: student vs export on `batches` dev batches | test: every language's test split | false
   batches  dev batches of check=true
   tol      allowed accuracy difference (points); more exits 2
   backend  what check runs: int8 | onnx | torch; null = int8 when exact, else onnx, else torch
+  hf_copy  model.safetensors for plain transformers: auto (weight-only, or >= 99 % agreement with the
+           student on the check's batches) | true | false
 Exit status: 0 ok, 2 bad input or the exported model differs by more than tol.
 
 == Config (override any key: key=value) ==
@@ -59,6 +65,7 @@ class ExportConfig:
     batches: int = 8
     tol: float = 0.1
     backend: str | None = None
+    hf_copy: Any = "auto"
     # no run dir, log file or .hydra/ of its own: the export writes only into out=
     hydra: Any = field(default_factory=lambda: {"run": {"dir": "."}, "output_subdir": None, "help": {"template": HELP}})
     defaults: list[Any] = field(default_factory=lambda: [
@@ -88,6 +95,10 @@ def parse_args(cfg: DictConfig | dict) -> dict:
     if onnx is None:
         raise SdqConfigError(f"onnx={args['onnx']} must be auto, true or false")
     args["onnx"] = onnx
+    hf_copy = {"auto": "auto", True: True, False: False, "true": True, "false": False}.get(args["hf_copy"])
+    if hf_copy is None:
+        raise SdqConfigError(f"hf_copy={args['hf_copy']} must be auto, true or false")
+    args["hf_copy"] = hf_copy
     return args
 
 
@@ -118,20 +129,17 @@ def dev_batches(ckpt: str, n: int) -> list[dict]:
             for b in itertools.islice(loader, n)]
 
 
-def check_test_split(student, report, args: dict) -> dict:
+def check_test_split(student, report, args: dict, batches: dict, info) -> dict:
     """Student vs export on every language's test split; writes the report, then SdqError beyond ``tol``."""
-    from sdq.data.tasks import get_task
     from sdq.errors import SdqError
     from sdq.export import load_quantized
-    from sdq.export.accuracy import evaluate_languages, format_table, task_batches, verdict
-    from sdq.lit.restore import checkpoint_config
+    from sdq.export.accuracy import evaluate_languages, format_table, verdict
 
-    spec = get_task(checkpoint_config(args["ckpt"]).task.name)
     backend = args["backend"] or default_backend(report)
     models = {"student": student, f"exported_{backend}": load_quantized(args["out"], backend=backend)}
-    res = evaluate_languages(models, task_batches(args["ckpt"], "test"), head=spec.kind, metric=spec.metric,
-                             label_names=tuple(spec.labels), reference="student")
-    print(format_table(res, reference="student", metric=spec.metric))
+    res = evaluate_languages(models, batches, head=info.kind, metric=info.metric, label_names=tuple(info.labels),
+                             reference="student")
+    print(format_table(res, reference="student", metric=info.metric))
     v = verdict(res, ours=f"exported_{backend}", reference="student", tol=args["tol"])
     agreement = {"backend": backend, "split": "test", "per_language": res[f"exported_{backend}"],
                  "student": res["student"], "verdict": v}
@@ -150,18 +158,28 @@ def check_test_split(student, report, args: dict) -> dict:
 def export(cfg: DictConfig | dict) -> dict:
     """Export and check as the config says; returns the export report as a dict."""
     from sdq.export import check_agreement, export_quantized, load_quantized
+    from sdq.export.accuracy import task_batches
+    from sdq.export.run_info import resolve_ckpt, run_info
     from sdq.lit.restore import load_student
+    from sdq.models import load_tokenizer, resolve_backbone
 
     args = parse_args(cfg)
+    args["ckpt"] = str(resolve_ckpt(args["ckpt"]))
     student = load_student(args["ckpt"])
-    report = export_quantized(student, args["out"], onnx=args["onnx"])
+    info = run_info(args["ckpt"], num_labels=student.config.num_labels)
+    tokenizer = load_tokenizer(resolve_backbone(info.model))
+    test = task_batches(args["ckpt"], "test") if args["check"] == "test" else None
+    dev = dev_batches(args["ckpt"], args["batches"]) if args["check"] == "true" and args["batches"] > 0 else None
+    checked = [b for lang in test.values() for b in lang] if test else dev
+    report = export_quantized(student, args["out"], onnx=args["onnx"], labels=info.labels, tokenizer=tokenizer,
+                              hf_copy=args["hf_copy"], check_batches=checked, info=info)
     print(report, flush=True)
-    if args["check"] == "test":
-        report.agreement = check_test_split(student, report, args)
-    elif args["check"] == "true" and args["batches"] > 0:
+    if test:
+        report.agreement = check_test_split(student, report, args, test, info)
+    elif dev:
         backend = args["backend"] or default_backend(report)
         exported = load_quantized(args["out"], backend=backend)
-        res = check_agreement(student, exported, dev_batches(args["ckpt"], args["batches"]), tol=args["tol"])
+        res = check_agreement(student, exported, dev, tol=args["tol"])
         report.agreement = {"backend": backend, **res}
         print(f"agreement ({backend}): max logit diff {res['max_logit_diff']:.3g}, accuracy exported "
               f"{res['exported']:.2f} vs student {res['student']:.2f} ({res['metric_diff']:+.2f} pt, "

@@ -26,9 +26,10 @@ from sdq.errors import SdqError
 from sdq.export.ort_model import OrtModel
 from sdq.export.pack import dequantize
 from sdq.export.torch_int8 import int8_model
-from sdq.export.writer import FORMAT, MANIFEST_FILE, META_FILE, ONNX_FILE, WEIGHTS_FILE, sha256_file
+from sdq.export.writer import FORMAT, MANIFEST_FILE, META_FILE, ONNX_FILE, VERSION, WEIGHTS_FILE, sha256_file
 
 BACKENDS = ("torch", "int8", "onnx")
+V1_WEIGHTS_FILE = "model.safetensors"  # where format v1 kept the packed weights
 
 
 def verify_dir(path: str | Path, need: tuple[str, ...] = (META_FILE, WEIGHTS_FILE, "config.json")) -> Path:
@@ -59,22 +60,26 @@ def verify_dir(path: str | Path, need: tuple[str, ...] = (META_FILE, WEIGHTS_FIL
 
 
 def read_export(path: str | Path, verify: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
-    """(sdq_export.json meta, every array of model.safetensors) of an export dir."""
+    """(sdq_export.json meta, every array of the packed weights file) of an export dir."""
     from safetensors.numpy import load_file  # lazy: only reading an export needs it
 
-    d = verify_dir(path) if verify else Path(path)
+    d = verify_dir(path, need=(META_FILE, "config.json")) if verify else Path(path)
     fix = "re-export it with `python -m sdq.export ckpt=... out=...`"
     try:
         meta = json.loads((d / META_FILE).read_text())
         fmt, version = meta.get("format"), int(meta.get("version", 0))
     except (OSError, ValueError, TypeError, AttributeError):
         raise SdqError(f"{d / META_FILE} is missing or not valid sdq export JSON; {fix}") from None
-    if fmt != FORMAT or version > 1:
-        raise SdqError(f"{d / META_FILE} has format {fmt} v{version}; this sdq reads sdq-packed v1, upgrade sdq")
+    if fmt != FORMAT or version > VERSION:
+        raise SdqError(f"{d / META_FILE} has format {fmt} v{version}; this sdq reads sdq-packed v1-v{VERSION}, "
+                       "upgrade sdq")
+    weights = d / str(meta.get("weights_file", WEIGHTS_FILE if version > 1 else V1_WEIGHTS_FILE))
+    if verify and weights.name not in json.loads((d / MANIFEST_FILE).read_text())["files"]:
+        raise SdqError(f"export {d} lists no {weights.name} in its manifest; {fix}")
     try:
-        arrays = load_file(str(d / WEIGHTS_FILE))
+        arrays = load_file(str(weights))
     except Exception as exc:  # noqa: BLE001 - safetensors' SafetensorError has no importable base
-        raise SdqError(f"{d / WEIGHTS_FILE} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); {fix}") from None
+        raise SdqError(f"{weights} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); {fix}") from None
     return meta, arrays
 
 
@@ -114,7 +119,8 @@ def load_quantized(path: str | Path, backend: str = "torch", compile: bool = Fal
     if backend == "onnx":
         if not (d / ONNX_FILE).is_file():
             raise SdqError(f"{d} has no {ONNX_FILE}; export with onnx=true or use backend=torch")
-        return OrtModel(d / ONNX_FILE, num_labels=getattr(build_config(d), "num_labels", None))
+        config = build_config(d)
+        return OrtModel(d / ONNX_FILE, num_labels=getattr(config, "num_labels", None), config=config)
     model = build_plain(d, meta)
     try:
         model.load_state_dict(plain_state(meta, arrays), strict=True)

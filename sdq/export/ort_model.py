@@ -2,6 +2,10 @@
 
 >>> model = OrtModel("export/xnli_w8a8/model.onnx", threads=2)
 >>> logits = model(input_ids, attention_mask).logits          # torch.Tensor (B, C) or (B, T, C)
+>>> clf = pipeline("text-classification", model=OrtModel(d / "model.onnx"), tokenizer=str(d))  # transformers
+
+The wrapper carries what a transformers ``pipeline`` reads from a model (``config`` from the export dir's
+config.json: ``id2label``; ``device``; ``can_generate``) and answers a ``ModelOutput``.
 
 On x86 CPUs without VNNI, onnxruntime's u8 x s8 GEMM multiplies byte pairs with ``vpmaddubsw``, whose
 int16 sums saturate (255 * 127 * 2 > 32767): measured here, a 4096 x 384 x 1536 MatMulIntegerToFloat
@@ -16,7 +20,6 @@ their pair sums stay within 2 * 255 * 64 = 32640, exact without VNNI.
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -83,20 +86,48 @@ class OrtModel(nn.Module):
     """Inference-only wrapper (no parameters); inputs may be torch tensors or numpy arrays."""
 
     def __init__(self, path: str | Path, threads: int | None = None, num_labels: int | None = None,
-                 u8_weights: bool | None = None):
+                 u8_weights: bool | None = None, config=None):
         super().__init__()
         self.path, self.num_labels = str(path), num_labels
         self.session = ort_session(path, threads, u8_weights)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.config = config if config is not None else _dir_config(Path(path).parent)
+        if self.num_labels is None and self.config is not None:
+            self.num_labels = self.config.num_labels
 
-    def forward(self, input_ids, attention_mask=None, **_) -> SimpleNamespace:
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def can_generate(self) -> bool:
+        return False
+
+    def forward(self, input_ids, attention_mask=None, **_):
         ids = np.asarray(input_ids.cpu() if torch.is_tensor(input_ids) else input_ids, dtype=np.int64)
         if attention_mask is None:
             attention_mask = np.ones_like(ids)
         mask = np.asarray(attention_mask.cpu() if torch.is_tensor(attention_mask) else attention_mask, np.int64)
         feed = {"input_ids": ids, "attention_mask": mask}
         (logits,) = self.session.run(["logits"], {k: v for k, v in feed.items() if k in self.input_names})
-        return SimpleNamespace(logits=torch.from_numpy(logits))
+        from transformers.modeling_outputs import SequenceClassifierOutput  # lazy: heavy, as for the session
+
+        return SequenceClassifierOutput(logits=torch.from_numpy(logits))  # .logits and ["logits"] (pipelines)
 
     def extra_repr(self) -> str:
         return f"path={self.path}"
+
+
+def _dir_config(d: Path):
+    """The HF config of the export dir holding the ONNX file (None when it has none)."""
+    if not (d / "config.json").is_file():
+        return None
+    from transformers import AutoConfig  # lazy: heavy, only pipelines read it
+
+    try:
+        return AutoConfig.from_pretrained(str(d))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

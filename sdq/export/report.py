@@ -39,6 +39,7 @@ class ExportReport:
     quantized_inputs: int = 0  # Linears whose input activations the student quantizes
     attention_quantized: bool = False  # Q/K/V/probs quantizers (backend=int8 does not reproduce them)
     agreement: dict | None = None
+    hf_copy: dict | None = None  # the transformers copy: written?, why, its agreement (sdq.export.hf_copy)
 
     @property
     def fp32_total(self) -> int:
@@ -52,6 +53,31 @@ class ExportReport:
     def ratio(self) -> float:
         """Whole-model compression vs the fp32 weights (tensor bytes, embeddings included)."""
         return self.fp32_total / max(self.packed_total, 1)
+
+    @property
+    def onnx_line(self) -> str:
+        """What ``model.onnx`` is: ``model.onnx: int8 (...)``, ``model.onnx: float (...)`` or not written."""
+        if not self.onnx:
+            return "model.onnx: not written (weight-only quantization; onnx=true writes one with float MatMuls)"
+        ops = self.onnx["ops"]
+        n_int, n_qatt = ops.get("integer", 0), ops.get("qattention", 0)
+        dropped = self.onnx.get("acts_not_applied", 0)
+        tail = (f"; {dropped} Linear inputs without the student's per-channel activation quantization (no integer "
+                "ONNX form: train with quant=w8a8_int8 for an int8 model.onnx)") if dropped else ""
+        if n_int or n_qatt:
+            return (f"model.onnx: int8 ({n_int} MatMulIntegerToFloat + {n_qatt} QAttention integer ops, "
+                    f"{ops.get('act_qdq', 0)} Q/DQ + {ops.get('float', 0)} float MatMuls{tail})")
+        return (f"model.onnx: float (MatMuls with the dequantized weights: {ops.get('act_qdq', 0)} with Q/DQ input "
+                f"quantization, {ops.get('float', 0)} without{tail})")
+
+    @property
+    def transformers_line(self) -> str:
+        """Whether plain transformers loads the dir (``model.safetensors``), and why."""
+        if not self.hf_copy:
+            return "transformers: not decided"
+        if self.hf_copy["written"]:
+            return f"transformers: model.safetensors = dequantized weights ({self.hf_copy['reason']})"
+        return f"transformers: refused, no model.safetensors ({self.hf_copy['reason']})"
 
     def add(self, name: str, fp32: int, packed: int) -> None:
         kind = module_kind(name)
@@ -75,10 +101,12 @@ class ExportReport:
         tail = f"\nwhole model: {self.ratio:.2f}x smaller than fp32"
         if self.onnx:
             tail += f"\nONNX integer model: {self.onnx['path']} ({self.onnx['bytes'] / 1e6:.1f} MB, {self.onnx['ops']})"
+        tail += f"\n{self.onnx_line}\n{self.transformers_line}"
         return f"{head}\n{self.table()}{tail}"
 
     def to_dict(self) -> dict:
         return {"out_dir": self.out_dir, "fp32_bytes": self.fp32_bytes, "packed_bytes": self.packed_bytes,
                 "fp32_total": self.fp32_total, "packed_total": self.packed_total, "ratio": self.ratio,
                 "n_quantized": self.n_quantized, "n_fp": self.n_fp, "files": self.files, "onnx": self.onnx,
-                "agreement": self.agreement}
+                "agreement": self.agreement, "hf_copy": self.hf_copy, "onnx_kind": self.onnx_line,
+                "transformers": self.transformers_line}

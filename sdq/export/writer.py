@@ -2,11 +2,15 @@
 
 Layout of ``out_dir``:
 
-- ``model.safetensors``: packed codes (``<param>.codes`` uint8) with ``.scale`` / ``.zero_point`` /
+- ``sdq_packed.safetensors``: packed codes (``<param>.codes`` uint8) with ``.scale`` / ``.zero_point`` /
   ``.offset`` / ``.codebook`` / ``.alpha``, and every FP tensor (LayerNorm, biases, skipped modules) as is;
 - ``sdq_export.json``: format version, model class, per packed tensor scheme/bits/shape/granularity,
   the activation quantization of every Linear input;
-- ``config.json``: the HF model config (rebuilds the architecture with no training code);
+- ``config.json``: the HF model config with its ``architectures``, ``id2label`` / ``label2id`` and an
+  ``sdq_export`` note (whether transformers can load the dir, see :mod:`sdq.export.hf_copy`);
+- ``model.safetensors`` (when :func:`~sdq.export.hf_copy.decide` allows it): the dequantized weights in HF
+  naming, what ``AutoModelFor….from_pretrained(dir)`` and ``pipeline(model=dir)`` load;
+- the tokenizer files (when a tokenizer is given) and ``README.md``, the model card (:mod:`sdq.export.model_card`);
 - ``model.onnx`` (optional): the integer ONNX model (see :mod:`sdq.export.onnx_build`);
 - ``manifest.json``: sha256 and size of every file above (checked by ``load_quantized``).
 
@@ -14,8 +18,9 @@ Everything is built in a temporary sibling directory and moved in only when comp
 a failed export leaves an earlier export in ``out_dir`` as it was. A non-empty ``out_dir`` that holds no
 sdq export (a run dir, an HF model dir) is refused before anything is written.
 
->>> report = export_quantized(student, "export/xnli_w8a8")
->>> print(report)                        # size table per module kind, whole-model ratio
+>>> report = export_quantized(student, "export/xnli_w8a8", labels=("neg", "pos"), tokenizer=tok,
+...                           check_batches=dev_batches)       # measures the transformers copy's agreement
+>>> print(report)                        # size table per module kind, whole-model ratio, what loads it
 """
 
 from __future__ import annotations
@@ -33,11 +38,15 @@ from torch import nn
 
 from sdq.errors import SdqError
 from sdq.export.collect import collect
+from sdq.export.hf_copy import HF_WEIGHTS, decide, prediction_agreement
+from sdq.export.model_card import CARD_FILE, write_card
+from sdq.export.ort_model import OrtModel
 from sdq.export.report import ExportReport
+from sdq.export.run_info import RunInfo
 
 FORMAT = "sdq-packed"
-VERSION = 1
-META_FILE, WEIGHTS_FILE, MANIFEST_FILE, ONNX_FILE = "sdq_export.json", "model.safetensors", "manifest.json", \
+VERSION = 2  # v1 kept the packed weights in model.safetensors (read_export still reads it)
+META_FILE, WEIGHTS_FILE, MANIFEST_FILE, ONNX_FILE = "sdq_export.json", "sdq_packed.safetensors", "manifest.json", \
     "model.onnx"
 
 
@@ -69,24 +78,35 @@ def check_target(out: Path) -> None:
                            "or empty dir> - nothing was written")
 
 
-def export_quantized(model: nn.Module, out_dir: str | Path, onnx: bool | str = "auto") -> ExportReport:
+def export_quantized(model: nn.Module, out_dir: str | Path, onnx: bool | str = "auto", *,
+                     labels: tuple[str, ...] | list[str] | None = None, tokenizer=None, hf_copy: bool | str = "auto",
+                     check_batches: list[dict] | None = None, info: RunInfo | None = None) -> ExportReport:
     """Pack the fake-quantized ``model`` (in memory, prepared by sdq.quant) into ``out_dir``.
 
     ``onnx``: also write the integer ONNX model (``"auto"``: when some Linear has integer weights and
-    activations, i.e. a W8A8-style student). Returns the :class:`ExportReport` (sizes per module kind).
+    activations, i.e. a W8A8-style student). ``labels``: the class names (config.json ``id2label``);
+    ``tokenizer``: saved beside the model; ``hf_copy`` (auto | True | False) and ``check_batches``: the
+    transformers copy and the batches its agreement with the student is measured on
+    (:mod:`sdq.export.hf_copy`; the ONNX model's agreement is measured on them too); ``info``: the run
+    facts of the model card. Returns the :class:`ExportReport` (sizes per module kind, what loads it).
     """
     out = Path(out_dir)
     check_target(out)
+    if labels is not None and len(labels) != getattr(getattr(model, "config", None), "num_labels", len(labels)):
+        raise SdqError(f"{len(labels)} label names ({', '.join(map(str, labels[:5]))}...) for a model with "
+                       f"{model.config.num_labels} outputs; pass the run's label list")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     except OSError as exc:
         raise SdqError(f"cannot create export dir {out} ({exc.strerror}); pass out=<writable dir>") from None
     try:
-        report = _write(model, tmp, onnx)
+        report = _write(model, tmp, onnx, labels, tokenizer, hf_copy, check_batches)
+        write_card(tmp / CARD_FILE, report, info, labels)
         report.files = {k: v["bytes"] for k, v in write_manifest(tmp).items()}  # this export's files only
         out.mkdir(exist_ok=True)
-        for stale in (MANIFEST_FILE, ONNX_FILE):  # invalid from here until the new manifest lands; no stale onnx
+        # invalid from here until the new manifest lands; no stale onnx, transformers copy or tokenizer
+        for stale in {MANIFEST_FILE, ONNX_FILE, HF_WEIGHTS, *_manifest_names(out)} - set(report.files):
             (out / stale).unlink(missing_ok=True)
         for name in report.files:
             os.replace(tmp / name, out / name)
@@ -99,10 +119,23 @@ def export_quantized(model: nn.Module, out_dir: str | Path, onnx: bool | str = "
     return report
 
 
-def _write(model: nn.Module, out: Path, onnx: bool | str) -> ExportReport:
-    """Every export file except the manifest, into the (temporary) directory ``out``."""
+def _manifest_names(out: Path) -> list[str]:
+    """The files an earlier export in ``out`` listed (none when there is no readable manifest)."""
+    try:
+        return [n for n in json.loads((out / MANIFEST_FILE).read_text())["files"] if "/" not in n]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _write(model: nn.Module, out: Path, onnx: bool | str, labels=None, tokenizer=None, hf_copy: bool | str = "auto",
+           check_batches: list[dict] | None = None) -> ExportReport:
+    """Every export file except the card and the manifest, into the (temporary) directory ``out``."""
     col = collect(model)
     plain = col.plain
+    plain.config.architectures = [type(plain).__name__]
+    if labels is not None:
+        plain.config.id2label = {i: str(n) for i, n in enumerate(labels)}
+        plain.config.label2id = {str(n): i for i, n in enumerate(labels)}
     report = ExportReport(out_dir=str(out), quantized_inputs=len(col.acts),
                           attention_quantized=col.attention_quantized)
     arrays: dict[str, np.ndarray] = {}
@@ -121,8 +154,21 @@ def _write(model: nn.Module, out: Path, onnx: bool | str) -> ExportReport:
         report.add(key, 4 * a.size if a.dtype.kind == "f" else a.nbytes, a.nbytes)
         report.n_fp += 1
     save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(out / WEIGHTS_FILE))
+    decision = decide(model, plain, bool(col.acts) or col.attention_quantized, check_batches, hf_copy)
+    report.hf_copy = decision.to_dict()
+    plain.config.sdq_export = decision.config_note()
+    if decision.written:
+        from safetensors.torch import save_file as save_torch  # the HF naming and dtypes, as save_pretrained
+
+        save_torch({k: t.detach().cpu().contiguous() for k, t in plain.state_dict().items()}, str(out / HF_WEIGHTS),
+                   metadata={"format": "pt"})
     plain.config.save_pretrained(str(out))
-    meta = {"format": FORMAT, "version": VERSION, "architecture": type(plain).__name__,
+    if tokenizer is not None:
+        if len(tokenizer) > plain.config.vocab_size:
+            raise SdqError(f"the tokenizer has {len(tokenizer)} tokens, the model's vocabulary {plain.config.vocab_size}: "
+                           "not the run's tokenizer; pass the tokenizer of the student's backbone")
+        tokenizer.save_pretrained(str(out))
+    meta = {"format": FORMAT, "version": VERSION, "architecture": type(plain).__name__, "weights_file": WEIGHTS_FILE,
             "tensors": meta_tensors, "acts": col.acts, "attention_quantized": col.attention_quantized,
             "sizes": {"fp32": report.fp32_bytes, "packed": report.packed_bytes}}
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -131,5 +177,9 @@ def _write(model: nn.Module, out: Path, onnx: bool | str) -> ExportReport:
         from sdq.export.onnx_build import build_onnx  # lazy: imports onnx, only exports with ONNX need it
 
         info = build_onnx(plain, meta, arrays, out / ONNX_FILE)
-        report.onnx = {"path": str(out / ONNX_FILE), "bytes": os.path.getsize(out / ONNX_FILE), "ops": info}
+        report.onnx = {"path": str(out / ONNX_FILE), "bytes": os.path.getsize(out / ONNX_FILE), "ops": info,
+                       "acts_not_applied": sum(a["granularity"] != "tensor" for a in col.acts.values())}
+        if check_batches:
+            agree, n = prediction_agreement(model, OrtModel(out / ONNX_FILE), check_batches)
+            report.onnx.update(agreement_with_student=agree, check_examples=n)
     return report

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sdq.config import quant_dict
-from sdq.data.tasks import get_task
+from sdq.data.task_config import task_from_config
 from sdq.errors import SdqError
 from sdq.models import build_model, resolve_backbone
 from sdq.quant import QuantConfig, prepare
@@ -60,7 +60,7 @@ def checkpoint_config(ckpt: dict | str | Path) -> DictConfig:
 
 def build_from_config(cfg: DictConfig, quantize: bool) -> nn.Module:
     """A fresh model (backbone + task head, quantizers prepared when asked) for ``cfg``."""
-    spec = get_task(cfg.task.name)
+    spec = task_from_config(cfg.task)  # the run stored its final task.labels
     model = build_model(resolve_backbone(cfg.model.name_or_path), spec.kind, len(spec.labels))
     if quantize:
         prepare(model, QuantConfig.from_dict(quant_dict(cfg)))

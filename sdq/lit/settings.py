@@ -14,6 +14,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sdq.config import stable_hash
+from sdq.data.task_config import task_from_config
+from sdq.data.tasks import TaskSpec
 
 
 def _plain(node: Any) -> Any:
@@ -35,12 +37,16 @@ class DataSettings:
     limit_eval: int | None
     num_workers: int
     seed: int
+    spec: TaskSpec | None = None  # the task as its config declares it (None: the registered ``task``)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> DataSettings:
         """Also reads the config stored in a checkpoint (``sdq.lit.restore.checkpoint_config``)."""
         d, task = cfg.data, cfg.task
         val = d.get("val_languages") or task.get("val_languages")
+        spec = task_from_config(task)
+        if spec.source is not None:  # own data: refuse a run without it before any model loads
+            spec.source.check()
         return cls(
             task=str(task.name), root=d.root, max_length=d.max_length, batch_size=d.batch_size,
             eval_batch_size=d.eval_batch_size,
@@ -48,7 +54,7 @@ class DataSettings:
             val_languages=list(val) if val else None,
             limit_train=d.limit_train if d.limit_train is not None else task.get("limit_train"),
             limit_eval=d.limit_eval if d.limit_eval is not None else task.get("limit_eval"),
-            num_workers=d.num_workers, seed=cfg.seed,
+            num_workers=d.num_workers, seed=cfg.seed, spec=spec,
         )
 
 

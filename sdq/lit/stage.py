@@ -25,17 +25,18 @@ log = logging.getLogger(__name__)
 
 
 def datamodule(data: DataSettings, tokenizer) -> ResumableDataModule:
-    """The task's datamodule (English train, every language dev/test), set up; resumable, DDP-sharded."""
+    """The task's datamodule, set up; resumable, DDP-sharded. Fail fast: every split of every language
+    (train, dev, test) is read and checked here, before any training step."""
     root = data.root
     if root is None and data.task == "demo":
         root = str(ensure_demo())
     dm = ResumableDataModule(
-        task=data.task, root=root, tokenizer=tokenizer, max_length=data.max_length,
+        task=data.spec or data.task, root=root, tokenizer=tokenizer, max_length=data.max_length,
         batch_size=data.batch_size, eval_batch_size=data.eval_batch_size, languages=data.languages,
         val_languages=data.val_languages, num_workers=data.num_workers, seed=data.seed,
         limit_train=data.limit_train, limit_eval=data.limit_eval,
     )
-    dm.setup("fit")
+    dm.setup()  # train, dev and test: a malformed test file stops the run before stage 1
     return dm
 
 
