@@ -1,6 +1,6 @@
 """Train (and evaluate per language) one configured run.
 
-    python train.py                                   # embedded me5_small + demo task, offline
+    python train.py                                   # embedded me5_small + SIB-200 subset, offline
     python train.py model=xlmr task=xnli bits=4 data.root=<xglue_full_dataset>
     python train.py -m method=ptq,qat,qat_kd,sdq bits=8,4,2
 

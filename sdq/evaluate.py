@@ -71,7 +71,7 @@ def evaluate_checkpoint(
     cfg.data.eval_batch_size = batch_size
     cfg.data.languages = list(languages) if languages is not None else None
     cfg.data.limit_eval = limit_eval
-    if cfg.task.get("limit_eval") is not None:  # the task's default (demo: 100) would apply to None
+    if cfg.task.get("limit_eval") is not None:  # the task's default (e.g. a subset size) would apply to None
         cfg.task.limit_eval = None
     if languages is not None and not spec.open_languages:  # open (sib200): checked against the data folder
         bad = [lang for lang in languages if lang not in spec.languages]

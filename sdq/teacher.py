@@ -154,7 +154,7 @@ def finetune_teacher(
                          fingerprint={"stage": "teacher"}, run_config=run_config)
     tags = {"model": model_name, "task": dm.spec.name, "method": "fp", "stage": "teacher"}
     trainer = fit_and_test(module, dm, lightning.with_epochs(teacher.epochs), stage_dir, train=True, tags=tags,
-                           teacher_stage=True)
+                           teacher_stage=True, test=teacher.test)
     finish_logger(trainer)  # the student stage opens its own W&B run
     out = stage_dir / "teacher.safetensors"
     if not trainer.is_global_zero:  # DDP: rank 0 writes the teacher files, the other ranks wait for them

@@ -65,7 +65,7 @@ def test_every_option_composes(group: str) -> None:
             assert cfg.hydra.sweeper.params, f"sweep={name} sets no sweep parameters"
 
 
-@pytest.mark.parametrize("task", [t for t in options("task") if t not in ("demo", "sib200", "custom")])  # own tests
+@pytest.mark.parametrize("task", [t for t in options("task") if t not in ("sib200", "custom")])  # own tests
 def test_fast_dev_run_every_task(task: str, tmp_path: Path, fixture_root: Path, teacher_cache: Path) -> None:
     results = smoke(tmp_path, fixture_root, [f"task={task}", "method=qat"], teacher_cache)
     test = results[task]["test"]
@@ -172,17 +172,17 @@ def test_user_task_yaml_loads_through_hydra_searchpath(tmp_path: Path) -> None:
 
 
 def test_task_data_defaults_and_overrides() -> None:
-    """A task may default data keys (demo: English model selection, subsets); data.* overrides win."""
+    """A task may default data keys (sib200: English model selection); data.* overrides win."""
     from sdq.lit.stage import build_datamodule
     from sdq.models import load_tokenizer, resolve_backbone
 
     tok = load_tokenizer(resolve_backbone("tiny"))
-    dm = build_datamodule(resolve_config(make_cfg(["model=tiny", "task=demo"])), tok)
-    assert dm.val_languages == ["en"] and len(dm.test_languages) > 1
-    assert dm.sizes()["train/en"] == 640 and dm.limit_eval == 100
-    cfg = resolve_config(make_cfg(["model=tiny", "task=demo", "data.limit_train=8", "data.val_languages=[en,de]"]))
-    dm = build_datamodule(cfg, tok)
-    assert dm.val_languages == ["en", "de"] and dm.sizes()["train/en"] == 8
+    dm = build_datamodule(resolve_config(make_cfg(["model=tiny", "task=sib200"])), tok)
+    assert dm.val_languages == ["eng_Latn"] and len(dm.test_languages) == 50
+    assert dm.sizes()["train/eng_Latn"] == 701
+    cfg = resolve_config(make_cfg(["model=tiny", "task=sib200", "data.limit_train=8", "data.val_languages=null"]))
+    dm = build_datamodule(cfg, tok)  # null: every language with a dev split (the subset ships English dev only)
+    assert dm.val_languages == ["eng_Latn"] and dm.sizes()["train/eng_Latn"] == 8
 
 
 def test_wandb_teacher_and_student_stages_get_their_own_runs(tmp_path: Path, fixture_root: Path, monkeypatch):
@@ -206,5 +206,5 @@ def test_default_run_dir_resolves_from_any_cwd(tmp_path):
     proc = _train("bits=0", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert next(ln for ln in proc.stderr.splitlines() if ln.startswith("error:")).startswith("error: bits=0")
-    (run_dir,) = list((tmp_path / "outputs" / "demo" / "me5_small").glob("sdq-w8a8-b0/*"))
+    (run_dir,) = list((tmp_path / "outputs" / "sib200" / "me5_small").glob("sdq-w8a8-b0/*"))
     assert (run_dir / ".hydra" / "config.yaml").is_file()

@@ -25,9 +25,10 @@ def write_checkpoint(tmp_path, backbone: str) -> tuple:
 
     from sdq.lit.restore import build_from_config
 
-    cfg = {"model": {"name_or_path": backbone}, "task": {"name": "demo"},
+    cfg = {"model": {"name_or_path": backbone}, "task": {"name": "sib200"},
            "method": {"name": "sdq", "quantize": True, "quant_noise": 0.0}, "quant": {"name": "w8a8", **W8A8},
-           "data": {"root": None, "max_length": 32, "eval_batch_size": 8, "languages": None, "limit_eval": 16}}
+           "data": {"root": None, "max_length": 32, "batch_size": 8, "eval_batch_size": 8, "languages": None,
+                    "limit_train": None, "limit_eval": 16, "num_workers": 0}, "seed": 0}
     torch.manual_seed(0)
     student = build_from_config(OmegaConf.create(cfg), quantize=False).eval()
     prepare(student, QuantConfig.from_dict(W8A8))
@@ -97,7 +98,7 @@ def test_cli_help_lists_every_key():
 
 
 @pytest.mark.slow
-def test_cli_agreement_on_demo_dev_batches(tmp_path):
+def test_cli_agreement_on_sib200_dev_batches(tmp_path):
     ckpt, _ = write_checkpoint(tmp_path, "tiny")
     res = main([f"ckpt={ckpt}", f"out={tmp_path / 'export'}", "batches=2"])
     assert res["agreement"]["backend"] == "int8" and res["agreement"]["examples"] > 0  # the exact backend

@@ -21,7 +21,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from sdq.data.collate import Collator
-from sdq.data.demo import ensure_demo
 from sdq.data.hub import read_hub_split, require_hub
 from sdq.data.own_task import OwnTaskData
 from sdq.data.sib200 import subset_dir
@@ -86,8 +85,6 @@ class XGLUEDataModule(pl.LightningDataModule):
         if self.spec.is_token_task and not getattr(self.tokenizer, "is_fast", False):
             raise SdqConfigError(f"task {self.spec.name} needs a FAST tokenizer (word_ids); "
                                  f"got {type(self.tokenizer).__name__}")
-        if self.spec.name == "demo" and root is None:
-            root = ensure_demo()
         if self.spec.name == "sib200" and root is None:  # the subset shipped in the package
             root = subset_dir()
         self.root = Path(root) if root is not None else None

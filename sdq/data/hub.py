@@ -29,7 +29,7 @@ _COLUMNS: dict[str, tuple[str, tuple[str, ...], str]] = {
 }
 _UNREACHABLE = (
     "no local data.root given and the hub is unreachable: pass data.root=<xglue_full_dataset dir> "
-    "(the official XGLUE download), or task=demo for the embedded offline task"
+    "(the official XGLUE download), or task=sib200 for the embedded offline task"
 )
 
 
@@ -92,7 +92,7 @@ def read_hub_split(task: str | TaskSpec, lang: str, split: str) -> list[dict]:
     """Examples of one language/split from the hub (train is English only)."""
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     if spec.name not in HUB_CONFIGS:
-        raise SdqDataError(f"task {spec.name} is not on the hub; it is built locally (sdq.data.demo)")
+        raise SdqDataError(f"task {spec.name} is not on the hub; pass data.root=<its data dir>")
     require_hub()
     import datasets
 

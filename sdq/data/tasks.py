@@ -105,15 +105,6 @@ TASKS: dict[str, TaskSpec] = {
     ),
 }
 
-# Languages of the embedded demo task (chatterbot-corpus, see sdq.data.demo), English first.
-DEMO_LANGUAGES = (
-    "en", "bn", "de", "es", "fa", "fr", "he", "hi", "id", "it", "ja", "ko", "mr", "nl", "or", "pt",
-    "ru", "sv", "ta", "tr", "uk", "yo", "zh", "zh-tw",
-)  # fmt: skip
-TASKS["demo"] = TaskSpec(
-    "demo", "seq_cls", DEMO_LANGUAGES, _BINARY, "acc", "QAM", aliases=(("False", "0"), ("True", "1"))
-)
-
 # SIB-200 (sdq.data.sib200): Flores-200 codes; the embedded subset's languages, or every language
 # folder of a full SIB-200 data.root (English train, zero-shot to the rest).
 TASKS["sib200"] = TaskSpec("sib200", "seq_cls", SUBSET_LANGUAGES, SIB200_LABELS, "acc", "", open_languages=True)

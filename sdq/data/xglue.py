@@ -17,7 +17,7 @@ from sdq.errors import SdqConfigError, SdqDataError
 
 SPLITS = ("train", "dev", "test")
 # Field count of each tab-separated line format (the label is always last).
-_FIELDS = {"xnli": 3, "pawsx": 4, "nc": 3, "qam": 3, "qadsm": 4, "wpr": 4, "demo": 3}
+_FIELDS = {"xnli": 3, "pawsx": 4, "nc": 3, "qam": 3, "qadsm": 4, "wpr": 4}
 
 
 def split_path(root: str | Path, task: str | TaskSpec, lang: str, split: str) -> Path:

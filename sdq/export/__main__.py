@@ -20,7 +20,6 @@ part of the installed package). In Python: ``main(["ckpt=...", "out=..."])``.
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,22 +110,12 @@ def default_backend(report) -> str:
 
 
 def dev_batches(ckpt: str, n: int) -> list[dict]:
-    """The first ``n`` dev batches (first language) of the checkpoint's task and data settings."""
-    from sdq.data.datamodule import XGLUEDataModule
-    from sdq.lit.restore import checkpoint_config
-    from sdq.models import load_tokenizer
+    """The first ``n`` dev batches (first dev language) of the checkpoint's task and data settings."""
+    from sdq.export.accuracy import task_batches
 
-    cfg = checkpoint_config(ckpt)
-    data = cfg.get("data") or {}
-    dm = XGLUEDataModule(cfg.task.name, root=data.get("root"), tokenizer=load_tokenizer(cfg.model.name_or_path),
-                         max_length=int(data.get("max_length", 128)),
-                         eval_batch_size=int(data.get("eval_batch_size", 64)), languages=data.get("languages"),
-                         limit_eval=data.get("limit_eval"))
-    dm.setup("validate")
-    loaders = dm.val_dataloader()
-    loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
-    return [{k: v for k, v in b.items() if k in ("input_ids", "attention_mask", "labels")}
-            for b in itertools.islice(loader, n)]
+    per_lang = task_batches(ckpt, split="dev", limit_batches=n)
+    first = next(iter(per_lang.values()), [])
+    return [{k: v for k, v in b.items() if k in ("input_ids", "attention_mask", "labels")} for b in first]
 
 
 def check_test_split(student, report, args: dict, batches: dict, info) -> dict:

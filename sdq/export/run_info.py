@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sdq.data.tasks import get_task
+from sdq.data.task_config import task_from_config
 from sdq.errors import SdqError
 from sdq.lit.restore import checkpoint_config
 from sdq.models import EMBEDDED_ALIASES, HUB_ALIASES
@@ -62,7 +62,7 @@ def run_labels(cfg: DictConfig, num_labels: int | None = None) -> tuple[str, ...
     if stored:
         return tuple(str(x) for x in stored)
     try:
-        return tuple(get_task(cfg.task.name).labels)
+        return tuple(task_from_config(cfg.task).labels) or tuple(f"LABEL_{i}" for i in range(int(num_labels or 0)))
     except SdqError:
         return tuple(f"LABEL_{i}" for i in range(int(num_labels or 0)))
 
@@ -94,7 +94,7 @@ def run_info(ckpt: str | Path, num_labels: int | None = None) -> RunInfo:
     cfg = checkpoint_config(ckpt)
     name = str(cfg.task.name)
     try:
-        spec = get_task(name)
+        spec = task_from_config(cfg.task)
         kind, metric, languages = spec.kind, spec.metric, list(spec.languages)
     except SdqError:
         kind, metric, languages = "seq_cls", "acc", []

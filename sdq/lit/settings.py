@@ -79,6 +79,7 @@ class TeacherSettings:
     key: str
     epochs: int
     recipe: Recipe
+    test: bool = False  # stage 1 also tests every language (the student stage reports the teacher there anyway)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class RunSettings:
                 ckpt=str(cfg.teacher.ckpt) if cfg.teacher.ckpt else None, reuse=bool(cfg.teacher.reuse),
                 cache_dir=str(cfg.teacher.cache_dir), bf16=bool(cfg.teacher.bf16), key=teacher_key(cfg),
                 epochs=int(task.epochs), recipe=Recipe(lr=float(task.lr), **common),
+                test=bool(cfg.teacher.get("test", False)),
             ),
             student=Recipe(lr=float(student_lr), **common),
             lightning=lightning_settings(cfg),

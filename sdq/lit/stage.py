@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from sdq.data.demo import ensure_demo
 from sdq.lit.builders import build_trainer
 from sdq.lit.data import ResumableDataModule
 from sdq.lit.module import SDQModule, TaskInfo
@@ -28,8 +27,6 @@ def datamodule(data: DataSettings, tokenizer) -> ResumableDataModule:
     """The task's datamodule, set up; resumable, DDP-sharded. Fail fast: every split of every language
     (train, dev, test) is read and checked here, before any training step."""
     root = data.root
-    if root is None and data.task == "demo":
-        root = str(ensure_demo())
     dm = ResumableDataModule(
         task=data.spec or data.task, root=root, tokenizer=tokenizer, max_length=data.max_length,
         batch_size=data.batch_size, eval_batch_size=data.eval_batch_size, languages=data.languages,
@@ -88,8 +85,10 @@ def fit_and_test(
     tags: dict,
     ckpt_path: str | None = None,
     teacher_stage: bool = False,
+    test: bool = True,
 ):
-    """Fit (best on average dev metric), reload best, test every language. Returns the trainer.
+    """Fit (best on average dev metric), reload best, test every language (unless ``test=False``: dev only).
+    Returns the trainer.
 
     ``ckpt_path``: ``last`` / a file to resume from (see :func:`sdq.lit.resume.resolve_ckpt_path`);
     with ``None``, ``lightning.resume`` (``ckpt_path=last`` / ``resume=true``) still resumes this stage.
@@ -108,5 +107,6 @@ def fit_and_test(
             module.load_state_dict(state["state_dict"])
             log.info("loaded best checkpoint %s", best)
     trainer.validate(module, datamodule=dm, verbose=False)  # dev results of the selected (best) model
-    trainer.test(module, datamodule=dm, verbose=False)
+    if test:
+        trainer.test(module, datamodule=dm, verbose=False)
     return trainer

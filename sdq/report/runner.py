@@ -34,7 +34,7 @@ from sdq.report.plots import plot_averages, plot_compare_layer_errors, plot_heat
 from sdq.report.run_table import language_rows, print_rows, rows_markdown
 from sdq.report.wandb_log import log_comparison, log_results
 
-XGLUE_TASKS = tuple(t for t in TASKS if t not in ("demo", "sib200"))
+XGLUE_TASKS = tuple(t for t in TASKS if t != "sib200")
 MODES = ("ckpt", "results", "compare")
 
 

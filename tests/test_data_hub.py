@@ -1,4 +1,4 @@
-"""The embedded demo task (chatterbot-corpus -> QAM layout) and the hub source (offline checks only)."""
+"""The hub source of XGLUE tasks (offline checks only)."""
 
 from __future__ import annotations
 
@@ -7,56 +7,8 @@ import time
 import pytest
 
 from sdq.data import hub
-from sdq.data.demo import demo_languages, demo_sizes, ensure_demo, make_examples
 from sdq.data.tasks import get_task
-from sdq.data.xglue import available_languages, read_split
 from sdq.errors import SdqDataError
-
-pytest.importorskip("chatterbot_corpus")
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    return ensure_demo(tmp_path_factory.mktemp("cache"))
-
-
-def test_demo_layout_sizes_and_balance(demo_root):
-    spec = get_task("demo")
-    assert demo_languages(demo_root) == list(spec.languages)  # the spec lists what is built
-    assert available_languages(demo_root, "demo", "train") == ["en"]
-    assert available_languages(demo_root, "demo", "test") == list(spec.languages)
-    sizes = demo_sizes(demo_root)
-    for key, n in sizes.items():
-        lang, split = key.split("/")
-        rows = read_split(demo_root, "demo", lang, split)
-        assert len(rows) == n and n % 2 == 0
-        assert sum(r["label"] for r in rows) == n // 2  # balanced
-    assert sizes["en/train"] > 8 * sizes["en/dev"] / 2
-
-
-def test_demo_splits_do_not_share_questions(demo_root):
-    qs = {s: {r["text"] for r in read_split(demo_root, "demo", "en", s)} for s in ("train", "dev", "test")}
-    assert not (qs["train"] & qs["dev"]) and not (qs["train"] & qs["test"]) and not (qs["dev"] & qs["test"])
-
-
-def test_demo_is_cached_and_deterministic(demo_root, tmp_path):
-    stamp = (demo_root / "manifest.json").stat().st_mtime_ns
-    assert ensure_demo(demo_root.parent) == demo_root
-    assert (demo_root / "manifest.json").stat().st_mtime_ns == stamp  # not rebuilt
-    other = ensure_demo(tmp_path)
-    f = "QAM/xglue.qam.de.dev"
-    assert (other / f).read_bytes() == (demo_root / f).read_bytes()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".demo_xglue")]  # temp dir removed
-
-
-def test_negatives_never_true_answers():
-    import random
-
-    pairs = [("q1", "a1"), ("q1", "a2"), ("q2", "a2"), ("q3", "a3")]
-    rows = make_examples(pairs, random.Random(0))
-    true = {("q1", "a1"), ("q1", "a2"), ("q2", "a2"), ("q3", "a3")}
-    assert all(((q, a) in true) == bool(y) for q, a, y in rows)
-    assert sum(y for *_, y in rows) * 2 == len(rows)
 
 
 def test_hub_offline_fails_fast_in_one_line(monkeypatch):
