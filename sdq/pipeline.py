@@ -22,7 +22,7 @@ from sdq.data.task_config import task_from_config
 from sdq.lit.logger import finish_logger
 from sdq.lit.quiet import quiet_lightning
 from sdq.lit.settings import RunSettings
-from sdq.lit.stage import datamodule, fit_and_test, make_module
+from sdq.lit.stage import datamodule, fit_and_test, make_module, per_step, unlabeled_pool
 from sdq.models import build_model, load_tokenizer, resolve_backbone, set_dropout
 from sdq.models.hf_teacher import (
     hf_model_name,
@@ -69,6 +69,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         cfg.task.labels = list(dm.labels)  # the final label list, in every checkpoint's run config
     labels = run_labels(cfg, dm)
     loss = hydra.utils.instantiate(method.loss)
+    distills = bool(method.use_teacher and method.train) and any(
+        loss.weights.get(k, 0) > 0 for k in ("logits_kl", "attn_out", "attn_prob", "hidden"))
+    pool = unlabeled_pool(settings.unlabeled, dm, distills)  # read and checked before stage 1
 
     teacher = None
     teacher_path = None
@@ -108,6 +111,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
                                           n_pseudo, int(settings.data.batch_size))
             calibrate(student, batches, len(batches), learn=bool(method.train))
 
+    if pool:  # the student stage distils on them too (after calibration: its batches stay labelled)
+        dm.set_unlabeled(pool, per_step(settings.unlabeled, settings.data.batch_size))
     module = make_module(student, teacher, loss, dm, settings.student, teacher_bf16=settings.teacher.bf16,
                          layer_errors=settings.layer_errors, fingerprint=fingerprint(cfg),
                          run_config=plain_config(cfg), teacher_ckpt=teacher_path)

@@ -30,6 +30,9 @@ def data_and_teacher(tmp_path_factory) -> tuple[Path, Path]:
 
     tmp = tmp_path_factory.mktemp("resume")
     root = write_fixture(tmp / "xglue", tasks=["xnli"], n=24)
+    for lang in ("de", "sw"):  # unlabeled pairs for the self-distillation stream
+        (tmp / "unlabeled").mkdir(exist_ok=True)
+        (tmp / "unlabeled" / f"{lang}.tsv").write_text("".join(f"{lang} p{i} x\t{lang} h{i} y\n" for i in range(9)))
     torch.manual_seed(0)
     teacher = build_model(resolve_backbone("tiny"), "seq_cls", 3)
     return root, save_weights(teacher, tmp / "teacher.safetensors")
@@ -68,14 +71,23 @@ def flat_optimizer_state(ckpt: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.slow  # three training subprocesses (~45 s on 2 cores)
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path, data_and_teacher) -> None:
+def unlabeled_args(root: Path) -> list[str]:
+    """The unlabeled stream: 9 pairs in each of 2 languages, 2 per batch of 4 (its position is resumed too)."""
+    unl = root.parent / "unlabeled"
+    return [f"unlabeled.path='{unl}/{{lang}}.tsv'", "unlabeled.header=false", "unlabeled.columns.text=0",
+            "unlabeled.columns.text_pair=1", "unlabeled.ratio=0.5"]
+
+
+@pytest.mark.slow  # three training subprocesses (~45 s on 2 cores) per case
+@pytest.mark.parametrize("unlabeled", [False, True], ids=["labelled", "with-unlabeled"])
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path, data_and_teacher, unlabeled) -> None:
     root, teacher = data_and_teacher
     env = run_env()
+    extra = unlabeled_args(root) if unlabeled else []
     ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "killed"
-    ref = subprocess.Popen(train_cmd(ref_dir, root, teacher), cwd=REPO, env=env,
+    ref = subprocess.Popen(train_cmd(ref_dir, root, teacher, *extra), cwd=REPO, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    victim = subprocess.Popen(train_cmd(run_dir, root, teacher), cwd=REPO, env=env,
+    victim = subprocess.Popen(train_cmd(run_dir, root, teacher, *extra), cwd=REPO, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
@@ -87,14 +99,16 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path, dat
     assert not (run_dir / "results.json").exists(), "the run finished before it was killed"
     killed_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
 
-    resumed = subprocess.run(train_cmd(run_dir, root, teacher, "ckpt_path=last"), check=False, cwd=REPO, env=env,
+    resumed = subprocess.run(train_cmd(run_dir, root, teacher, *extra, "ckpt_path=last"), check=False, cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, ref_err = ref.communicate(timeout=240)
     assert ref.returncode == 0, ref_err[-3000:]
 
     # the resumed run really continued (mid-epoch when the kill came before the epoch end)
-    assert f"resuming from {last}" in (run_dir / "train.log").read_text()
+    log = (run_dir / "train.log").read_text()
+    assert f"resuming from {last}" in log
+    assert ("unlabeled: 18 examples (de 9, sw 9), 2 per step" in log) == unlabeled
     print(f"killed at global step {killed_at} (epoch length {STEPS_PER_EPOCH})")
     assert 0 < killed_at < 2 * STEPS_PER_EPOCH
     assert sorted(p.name for p in (run_dir / "csv").iterdir()) == ["version_0", "version_1"]  # logs kept

@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from sdq.data.collate import Collator
+from sdq.data.collate import IGNORE, Collator
 from sdq.data.hub import read_hub_split, require_hub
 from sdq.data.own_task import OwnTaskData
 from sdq.data.sib200 import subset_dir
@@ -207,6 +207,14 @@ class XGLUEDataModule(pl.LightningDataModule):
                 feat["group"] = -1 if r.get("group") is None else int(r["group"])
             out.append(feat)
         return out
+
+    def encode_unlabeled(self, rows: list[dict]) -> list[dict]:
+        """Unlabeled rows (``text``, ``text_pair``; :mod:`sdq.data.unlabeled`) encoded like training examples,
+        every label -100 (token tasks: the text split on whitespace into words)."""
+        if self.spec.is_token_task:
+            words = [r["text"].split() for r in rows]
+            return self.encode([{"tokens": w, "labels": [IGNORE] * len(w)} for w in words])
+        return self.encode([{"text": r["text"], "text_pair": r["text_pair"], "label": IGNORE} for r in rows])
 
     def _load(self, lang: str, split: str, limit: int | None) -> list[dict]:
         return self.encode(subsample(self._read(lang, split), limit, self.seed))

@@ -141,9 +141,12 @@ def attention_prob_kl(student_probs: Tensor | Sequence[Tensor], teacher_probs: T
 
 def task_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy ignoring label -100 ((B, C) with (B,) labels or (B, T, C) with (B, T));
-    MSE for float labels with a single output (regression)."""
+    MSE for float labels with a single output (regression). A batch with no label at all (only unlabeled
+    distillation examples) gives 0 (with a gradient path), not NaN."""
     if labels.is_floating_point():
         return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+    if not bool((labels != -100).any()):
+        return logits.sum() * 0.0
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 

@@ -49,6 +49,50 @@ class ResumableSampler(DistributedSampler):
         yield from indices[start:]
 
 
+class MixedBatchSampler(Sampler[list[int]]):
+    """Training batches of ``batch_size`` labelled indices (``sampler``'s order) each followed by ``per_step``
+    unlabeled ones (``n_labelled + i``): labelled data drives the epoch, unlabeled data rides along.
+
+    The unlabeled indices of the epoch's batch ``k`` are positions ``[(g * world + rank) * U, + U)``, with
+    ``g = epoch * len(self) + k``, of an endless chain of seeded permutations of the pool: a function of
+    (epoch, k) alone, so a mid-epoch resume that skips ``k`` batches continues both streams exactly, and DDP
+    ranks take disjoint slices. Lightning's ``set_epoch`` reaches ``sampler`` (``batch_sampler.sampler``).
+
+    >>> bs = MixedBatchSampler(ResumableSampler(train, seed=42), 32, len(train), len(pool), per_step=32, seed=42)
+    >>> next(iter(bs))[:32], next(iter(bs))[32:]     # labelled indices, then pool indices + len(train)
+    """
+
+    def __init__(self, sampler: ResumableSampler, batch_size: int, n_labelled: int, n_unlabeled: int,
+                 per_step: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        self.sampler, self.batch_size, self.per_step = sampler, int(batch_size), int(per_step)
+        self.n_labelled, self.n_unlabeled, self.seed = n_labelled, n_unlabeled, seed
+        self.world, self.rank, self._skip = num_replicas, rank, 0
+        self._perms: dict[int, list[int]] = {}
+
+    def skip(self, n_batches: int) -> None:
+        """Leave out the first ``n_batches`` of the next iteration (both streams)."""
+        self._skip = max(0, int(n_batches))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def _pool(self, pos: int) -> int:
+        cycle, i = divmod(pos, self.n_unlabeled)
+        if cycle not in self._perms:
+            self._perms = {cycle: torch.randperm(self.n_unlabeled, generator=torch.Generator().manual_seed(
+                self.seed * 1_000_003 + cycle)).tolist()}  # one cycle held at a time
+        return self._perms[cycle][i]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order, n = list(iter(self.sampler)), len(self)
+        start, self._skip = self._skip, 0
+        for k in range(start, n):
+            g = self.sampler.epoch * n + k
+            first = (g * self.world + self.rank) * self.per_step
+            yield order[k * self.batch_size:(k + 1) * self.batch_size] + [
+                self.n_labelled + self._pool(p) for p in range(first, first + self.per_step)]
+
+
 class EvenShardBatches(Sampler[list[int]]):
     """Evaluation batches of one rank: contiguous slices of the (length-sorted) data, every rank the same
     number of non-empty batches of at most about ``batch_size``, each example on exactly one rank."""
@@ -89,12 +133,24 @@ class ResumableDataModule(XGLUEDataModule):
         return DataLoader(data, generator=gen, collate_fn=self.collate, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, **how)
 
+    unlabeled: list[dict] | None = None  # encoded unlabeled pool mixed into training (set_unlabeled)
+    unlabeled_per_step: int = 0
+
+    def set_unlabeled(self, pool: list[dict] | None, per_step: int = 0) -> None:
+        """Mix ``per_step`` examples of the encoded unlabeled ``pool`` (labels -100) into every training
+        batch from now on (the student stage); ``None`` turns it off."""
+        self.unlabeled, self.unlabeled_per_step = (pool, int(per_step)) if pool and per_step > 0 else (None, 0)
+
     def train_dataloader(self) -> DataLoader:
         if self._train is None:
             self.setup("fit")
         world, rank = self._replicas()
         sampler = ResumableSampler(self._train, world, rank, self.seed)
-        return self._make(self._train, batch_size=self.batch_size, sampler=sampler)
+        if self.unlabeled is None:
+            return self._make(self._train, batch_size=self.batch_size, sampler=sampler)
+        mixed = MixedBatchSampler(sampler, self.batch_size, len(self._train), len(self.unlabeled),
+                                  self.unlabeled_per_step, self.seed, world, rank)
+        return self._make(self._train + self.unlabeled, batch_sampler=mixed)
 
     def _eval_loaders(self, per_lang: dict[str, list[dict]], languages: list[str], split: str) -> list[DataLoader]:
         world, rank = self._replicas()

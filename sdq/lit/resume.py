@@ -26,7 +26,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from sdq.errors import SdqError
-from sdq.lit.data import ResumableSampler
+from sdq.lit.data import MixedBatchSampler, ResumableSampler
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,9 @@ class ExactResume(Callback):
             done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # batches trained this epoch
             loaders = trainer.train_dataloader
             for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
-                if isinstance(getattr(loader, "sampler", None), ResumableSampler):
+                if isinstance(getattr(loader, "batch_sampler", None), MixedBatchSampler):
+                    loader.batch_sampler.skip(done)  # labelled and unlabeled streams together
+                elif isinstance(getattr(loader, "sampler", None), ResumableSampler):
                     loader.sampler.skip(done * loader.batch_size)
                 else:
                     log.warning("train loader cannot skip the %d batches already seen this epoch", done)

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from sdq.config import stable_hash
 from sdq.data.task_config import task_from_config
 from sdq.data.tasks import TaskSpec
+from sdq.data.unlabeled import UnlabeledSpec
 
 
 def _plain(node: Any) -> Any:
@@ -109,6 +110,7 @@ class RunSettings:
     student: Recipe
     lightning: LightningSettings
     layer_errors: bool
+    unlabeled: UnlabeledSpec = field(default_factory=UnlabeledSpec)  # distillation inputs without labels
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> RunSettings:
@@ -128,6 +130,7 @@ class RunSettings:
             student=Recipe(lr=float(student_lr), **common),
             lightning=lightning_settings(cfg),
             layer_errors=bool(cfg.diagnostics.layer_errors),
+            unlabeled=UnlabeledSpec.from_config(_plain(cfg.get("unlabeled"))),
         )
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from sdq.data.unlabeled import UnlabeledSpec, read_unlabeled
+from sdq.errors import SdqConfigError
 from sdq.lit.builders import build_trainer
 from sdq.lit.data import ResumableDataModule
 from sdq.lit.module import SDQModule, TaskInfo
@@ -35,6 +37,26 @@ def datamodule(data: DataSettings, tokenizer) -> ResumableDataModule:
     )
     dm.setup()  # train, dev and test: a malformed test file stops the run before stage 1
     return dm
+
+
+def unlabeled_pool(spec: UnlabeledSpec, dm: ResumableDataModule, distills: bool) -> list[dict] | None:
+    """The encoded unlabeled examples of ``spec`` (None when off), read and checked before any training;
+    SdqConfigError when the method has nothing to distil them with."""
+    if not spec.enabled:
+        return None
+    if not distills:
+        raise SdqConfigError("unlabeled data needs a teacher to distil from and a distillation loss; use "
+                             "method=qat_kd|sdq|sdq_noise, or unlabeled=none")
+    rows = read_unlabeled(spec, seed=dm.seed)
+    pool = [ex for lang in rows for ex in dm.encode_unlabeled(rows[lang])]
+    log.info("unlabeled: %d examples (%s), %d per step beside %d labelled", len(pool),
+             ", ".join(f"{k} {len(v)}" for k, v in rows.items()), per_step(spec, dm.batch_size), dm.batch_size)
+    return pool
+
+
+def per_step(spec: UnlabeledSpec, batch_size: int) -> int:
+    """Unlabeled examples in each training batch: ``ratio`` x the labelled batch size (at least 1)."""
+    return max(1, round(spec.ratio * batch_size))
 
 
 def build_datamodule(cfg: DictConfig, tokenizer) -> ResumableDataModule:
