@@ -35,3 +35,10 @@ def test_export_speed_runs_on_tiny(capsys):
         assert res[key] == {"max_logit_diff": 0.0, "prediction_agreement": 100.0}, key
     assert "ours_w7a8_onnx/fp32 throughput" in out and "w7a8_torch_int8 vs its student" in out
     assert res["sizes"]["w8a8"]["ratio_vs_fp32_checkpoint"] > 1.0
+
+
+def test_eval_batch_runs_on_tiny(capsys):
+    rate = load("eval_batch").main(["--model", "tiny", "--sizes", "8", "64", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert set(rate) == {8, 64} and all(r > 0 for r in rate.values())
+    assert "816 test examples" in out and "1.00x" in out  # 4 languages x 204, the fastest size at 1.00x

@@ -221,3 +221,24 @@ def test_half_precision_input_takes_the_fused_path_with_the_composed_numbers(dty
     g1, = torch.autograd.grad(fused.sum() * 1.7, x)
     g2, = torch.autograd.grad(composed.sum() * 1.7, x)
     assert g1.dtype == dtype and torch.equal(g1, g2) and 0 < int((g1 == 0).sum()) < g1.numel()
+
+
+def test_fake_quant_without_grad_equals_the_fused_kernel_bit_for_bit():
+    """The no-gradient path (evaluation) composes the maths from ops; it must give the fused kernel's numbers,
+    ties (x / s exactly k + 0.5) and clipped values included, per row and per column."""
+    from sdq.quant import functional as QF
+
+    g = torch.Generator().manual_seed(0)
+    for axis, shape in ((0, (6, 40)), (1, (40, 6))):
+        n = shape[axis]
+        scale = torch.rand(n, generator=g) * 0.1 + 0.01
+        zp = torch.randint(-20, 20, (n,), generator=g)
+        x = torch.randn(shape, generator=g) * 4
+        ties = (torch.randint(-300, 300, shape, generator=g) + 0.5) * (scale[:, None] if axis == 0 else scale)
+        x = torch.where(torch.rand(shape, generator=g) < 0.3, ties, x)
+        s2d, z2d = (scale[:, None], zp[:, None]) if axis == 0 else (scale[None], zp[None])
+        want = torch.fake_quantize_per_channel_affine(x, scale, zp.to(torch.int32), axis, -128, 127)
+        with torch.no_grad():
+            got = QF.fake_quant(x, s2d, z2d.float(), -128, 127)
+        assert torch.equal(got, want)
+        assert torch.equal(QF.fake_quant(x.requires_grad_(), s2d, z2d.float(), -128, 127).detach(), want)

@@ -108,6 +108,10 @@ def fake_quant(x, scale, zp, qmin, qmax) -> torch.Tensor:
     composed ops would promote to fp32 anyway (the same fp32 result), in ~9 kernels instead of 2."""
     if x.dtype in (torch.bfloat16, torch.float16) and scale.dtype == torch.float32:
         x = x.float()
+    if x.dtype == scale.dtype == torch.float32 and not (torch.is_grad_enabled() and (
+            x.requires_grad or scale.requires_grad)):  # no gradient (evaluation): the same numbers in 5
+        zf = zp.to(x.dtype)  # broadcast passes, 10-25x faster on CPU than the fused per-channel kernel
+        return torch.round(x * (1.0 / scale)).add_(zf).clamp_(qmin, qmax).sub_(zf).mul_(scale)
     if (x.dtype == torch.float32 and scale.dtype == torch.float32 and isinstance(qmin, float | int)
             and isinstance(qmax, float | int) and x.dim() == 2 and scale.dim() == 2):
         axis = 0 if scale.shape == (x.shape[0], 1) else 1 if scale.shape == (1, x.shape[1]) else None
