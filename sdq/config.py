@@ -18,7 +18,7 @@ from sdq.data.task_config import task_from_config
 from sdq.errors import SdqConfigError
 from sdq.models.hf_teacher import model_tag
 
-METHODS = ("fp", "fp_continued", "ptq", "ptq_datafree", "qat", "qat_kd", "sdq", "sdq_noise")
+METHODS = ("fp", "fp_continued", "ptq", "ptq_datafree", "qat", "qat_kd", "sdq", "sdq_paper", "sdq_noise")
 
 
 def quant_tag(name: str, bits: Any) -> str:

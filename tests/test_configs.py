@@ -54,7 +54,8 @@ def smoke(tmp_path: Path, root: Path, overrides: list[str], teachers: Path | Non
     return results
 
 
-@pytest.mark.parametrize("group", ["model", "task", "quant", "method", "trainer", "logger", "experiment", "sweep"])
+@pytest.mark.parametrize("group", ["model", "task", "quant", "method", "trainer", "logger", "unlabeled", "experiment",
+                                   "sweep"])
 def test_every_option_composes(group: str) -> None:
     names = options(group)
     assert names, f"conf/{group} is empty"

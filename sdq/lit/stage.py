@@ -46,7 +46,7 @@ def unlabeled_pool(spec: UnlabeledSpec, dm: ResumableDataModule, distills: bool)
         return None
     if not distills:
         raise SdqConfigError("unlabeled data needs a teacher to distil from and a distillation loss; use "
-                             "method=qat_kd|sdq|sdq_noise, or unlabeled=none")
+                             "method=qat_kd|sdq|sdq_paper|sdq_noise, or unlabeled=none")
     rows = read_unlabeled(spec, seed=dm.seed)
     pool = [ex for lang in rows for ex in dm.encode_unlabeled(rows[lang])]
     log.info("unlabeled: %d examples (%s), %d per step beside %d labelled", len(pool),

@@ -20,7 +20,7 @@ from sdq.errors import SdqConfigError, SdqDataError
 RESULTS_FILE = "results.json"
 CKPT_NAMES = ("best.ckpt", "last.ckpt")
 # Row order of comparison tables: the reference first, then the paper's methods.
-METHOD_ORDER = ("fp", "fp_continued", "ptq", "ptq_datafree", "qat", "qat_kd", "sdq", "sdq_noise")
+METHOD_ORDER = ("fp", "fp_continued", "ptq", "ptq_datafree", "qat", "qat_kd", "sdq_paper", "sdq", "sdq_noise")
 
 
 def load_results(path: str | Path) -> dict:
