@@ -50,7 +50,7 @@ def test_epochs_defaults_feed_trainer_max_epochs(setup) -> None:
 
     root, teacher = setup
     s = RunSettings.from_config(resolve_config(compose_cfg(root, teacher)))
-    assert s.lightning.trainer["max_epochs"] == 2 and s.teacher.epochs == 5  # method=sdq: 2; task=xnli: 5
+    assert s.lightning.trainer["max_epochs"] == 1 and s.teacher.epochs == 5  # method=sdq: 1; task=xnli: 5
     s = RunSettings.from_config(resolve_config(compose_cfg(root, teacher, "method=fp")))
     assert s.lightning.trainer["max_epochs"] == 5  # fp: method.epochs defaults to task.epochs
     s = RunSettings.from_config(resolve_config(compose_cfg(root, teacher, "trainer.max_epochs=3", "method.epochs=7")))
