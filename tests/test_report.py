@@ -144,6 +144,17 @@ def test_comparison_of_a_sweep(tmp_path):
     assert float(next(r for r in rows if r["method"] == "sdq" and r["bits"] == "b2")["delta_en"]) == -2.5
 
 
+def test_comparison_keeps_unlabeled_runs_apart_from_their_control(tmp_path):
+    control = fake_results("xnli", method="sdq", bits=8, drop=1.0)
+    unlabeled = fake_results("xnli", method="sdq", bits=8, drop=0.5)
+    unlabeled["config"] = {**unlabeled.get("config", {}), "unlabeled": {"path": "u/{lang}.tsv"}}
+    write_json(tmp_path / "c" / "results.json", control)
+    write_json(tmp_path / "u" / "results.json", unlabeled)
+    rows = build_comparison(find_results([tmp_path]))["xnli"].rows
+    assert [r.method for r in rows] == ["sdq", "sdq+unlabeled"]
+    assert rows[0].values["en"] == approx(79.0) and rows[1].values["en"] == approx(79.5)
+
+
 def test_comparison_fp_fallback_explicit_fp_and_seed_average(tmp_path):
     write_json(
         tmp_path / "a" / "teacher" / "results.json",

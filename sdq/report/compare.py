@@ -165,7 +165,8 @@ def _mean_dicts(dicts: list[dict]) -> dict[str, float]:
 
 def _sort_key(row: CompareRow) -> tuple:
     """FP first, then by bit width (high to low), then method order: the paper's table layout."""
-    m = METHOD_ORDER.index(row.method) if row.method in METHOD_ORDER else len(METHOD_ORDER)
+    base = row.method.removesuffix("+unlabeled")
+    m = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
     return (row.model, row.bits != "fp32", -(label_bits(row.bits) or 0), row.bits, m, row.method)
 
 

@@ -110,11 +110,24 @@ def bits_label(results: dict) -> str:
     return str(bits)
 
 
+def method_label(results: dict) -> str:
+    """The run's method, ``+unlabeled`` when it distilled on unlabeled data (kept apart from its control).
+
+    >>> method_label({"method": "sdq", "config": {"unlabeled": {"path": "u/{lang}.tsv"}}})
+    'sdq+unlabeled'
+    """
+    method = str(results.get("method") or "?")
+    unlabeled = (results.get("config") or {}).get("unlabeled") or {}
+    if isinstance(unlabeled, dict) and (unlabeled.get("path") or unlabeled.get("dataset")):
+        method += "+unlabeled"
+    return method
+
+
 def run_tags(results: dict) -> dict[str, str]:
     """model / method / bits / quant strings of a run, for labels, W&B tags and table rows."""
     return {
         "model": str(results.get("model") or "?"),
-        "method": str(results.get("method") or "?"),
+        "method": method_label(results),
         "bits": bits_label(results),
         "quant": str(results.get("quant") or "?"),
     }
