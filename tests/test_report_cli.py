@@ -191,6 +191,21 @@ def test_compare_plots_layer_errors_of_quantized_runs(tmp_path):
     assert "![layer_errors_xnli](layer_errors_xnli.png)" in (out / "compare.md").read_text()
 
 
+def test_layer_error_panels_keep_unlabeled_runs_apart(tmp_path):
+    from sdq.report.plots import layer_error_panels
+
+    runs = []
+    for i, unlabeled in enumerate([None, {"path": "u/{lang}.tsv"}]):
+        res = fake_results("xnli", method="sdq", bits=4, drop=1.0)
+        res["config"] = {**res.get("config", {}), "unlabeled": unlabeled}
+        res["layer_errors"] = [{"epoch": 0, "layer_carried": [0.1 * (i + 1)]}]
+        runs.append((tmp_path / f"r{i}", res))
+    panels = layer_error_panels(runs, "xnli")
+    assert len(panels) == 1  # one bit width: both runs in the same panel
+    (curves,) = panels.values()
+    assert {m: c["layer_carried"] for m, c in curves.items()} == {"sdq": [0.1], "sdq+unlabeled": [0.2]}
+
+
 @pytest.fixture(scope="module")
 def xnli_run(tmp_path_factory):
     """A tiny FP XNLI checkpoint (fixture data: 12 dev/test examples per language) trained with limit_eval=3."""

@@ -149,9 +149,11 @@ def export(cfg: DictConfig | dict) -> dict:
     from sdq.export import check_agreement, export_quantized, load_quantized
     from sdq.export.accuracy import task_batches
     from sdq.export.run_info import resolve_ckpt, run_info
+    from sdq.lit.quiet import quiet_lightning
     from sdq.lit.restore import load_student
     from sdq.models import load_tokenizer, resolve_backbone
 
+    quiet_lightning()  # the same muted noise as train.py (transformers' "not sharded" on every load)
     args = parse_args(cfg)
     args["ckpt"] = str(resolve_ckpt(args["ckpt"]))
     student = load_student(args["ckpt"])

@@ -21,7 +21,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from sdq.report.compare import ComparisonTable
-from sdq.report.io import METHOD_ORDER, bits_label, label_bits
+from sdq.report.io import METHOD_ORDER, bits_label, label_bits, method_label
 from sdq.report.run_table import LangRow
 
 DPI = 120
@@ -186,6 +186,15 @@ def plot_averages(table: ComparisonTable, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def layer_error_panels(runs: list[tuple[Path, dict]], task: str) -> dict[str, dict[str, dict]]:
+    """{bits label: {method label: the run's last per-layer errors}}; ``sdq+unlabeled`` apart from ``sdq``."""
+    panels: dict[str, dict[str, dict]] = {}
+    for _, r in runs:
+        if task in r and r.get("layer_errors"):  # the last validation: the reloaded best model
+            panels.setdefault(bits_label(r), {})[method_label(r)] = r["layer_errors"][-1]
+    return panels
+
+
 def plot_compare_layer_errors(runs: list[tuple[Path, dict]], task: str, path: str | Path) -> Path | None:
     """Accumulated (carried) and local attention error per layer, one panel per bit width, one colour per
     method (the same colour for a method in every panel)."""
@@ -193,14 +202,14 @@ def plot_compare_layer_errors(runs: list[tuple[Path, dict]], task: str, path: st
 
     from sdq.distill.diagnostics import draw_layer_errors
 
-    panels: dict[str, dict[str, dict]] = {}
-    for _, r in runs:
-        if task in r and r.get("layer_errors"):  # the last validation: the reloaded best model
-            panels.setdefault(bits_label(r), {})[str(r.get("method"))] = r["layer_errors"][-1]
+    panels = layer_error_panels(runs, task)
     if not panels:
         return None
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    methods = sorted({m for p in panels.values() for m in p}, key=lambda m: (order.get(m, len(order)), m))
+    methods = sorted(
+        {m for p in panels.values() for m in p},
+        key=lambda m: (order.get(m.removesuffix("+unlabeled"), len(order)), m),
+    )
     palette = rcParams["axes.prop_cycle"].by_key()["color"]
     labels = sorted(panels, key=lambda b: (-(label_bits(b) or 0), b))
     fig = Figure(figsize=(5.2 * len(labels) + 2.0, 4.6))
