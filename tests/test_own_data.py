@@ -77,7 +77,7 @@ def test_csv_task_with_language_column_one_command(tmp_path: Path) -> None:
            f"task.train={root}/train.csv", f"task.eval='{root}/{{split}}.csv'", "task.columns.text=review",
            "task.columns.label=sentiment", "task.columns.language=lang", "method=sdq", "quant=w8a8",
            f"teacher.cache_dir={tmp_path / 'teachers'}", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())

@@ -20,11 +20,11 @@ from rich.table import Table
 
 from sdq.data.tasks import get_task
 from sdq.report.io import (
-    METHOD_ORDER,
     is_teacher_stage,
     label_bits,
     languages_of,
     mean,
+    method_rank,
     order_languages,
     run_tags,
     split_block,
@@ -165,9 +165,8 @@ def _mean_dicts(dicts: list[dict]) -> dict[str, float]:
 
 def _sort_key(row: CompareRow) -> tuple:
     """FP first, then by bit width (high to low), then method order: the paper's table layout."""
-    base = row.method.removesuffix("+unlabeled")
-    m = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
-    return (row.model, row.bits != "fp32", -(label_bits(row.bits) or 0), row.bits, m, row.method)
+    return (row.model, row.bits != "fp32", -(label_bits(row.bits) or 0), row.bits, method_rank(row.method),
+            row.method)
 
 
 def build_comparison(runs: list[tuple[Path, dict]], split: str = "test") -> dict[str, ComparisonTable]:

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdq.data.tasks import TASKS
+from sdq.data.unlabeled import UnlabeledSpec
 from sdq.errors import SdqConfigError, SdqDataError
 
 RESULTS_FILE = "results.json"
 CKPT_NAMES = ("best.ckpt", "last.ckpt")
 # Row order of comparison tables: the reference first, then the paper's methods.
 METHOD_ORDER = ("fp", "fp_continued", "ptq", "ptq_datafree", "qat", "qat_kd", "sdq_paper", "sdq", "sdq_noise")
+UNLABELED = "+unlabeled"  # method label suffix of a run that distilled on unlabeled data
 
 
 def load_results(path: str | Path) -> dict:
@@ -117,10 +119,18 @@ def method_label(results: dict) -> str:
     'sdq+unlabeled'
     """
     method = str(results.get("method") or "?")
-    unlabeled = (results.get("config") or {}).get("unlabeled") or {}
-    if isinstance(unlabeled, dict) and (unlabeled.get("path") or unlabeled.get("dataset")):
-        method += "+unlabeled"
-    return method
+    unlabeled = (results.get("config") or {}).get("unlabeled")
+    return method + UNLABELED if UnlabeledSpec.from_config(unlabeled).enabled else method
+
+
+def method_rank(label: str) -> int:
+    """Position of a method label in METHOD_ORDER (``sdq+unlabeled`` beside ``sdq``); unknown ones last.
+
+    >>> method_rank("sdq+unlabeled") == method_rank("sdq") < method_rank("my_method")
+    True
+    """
+    base = label.removesuffix(UNLABELED)
+    return METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
 
 
 def run_tags(results: dict) -> dict[str, str]:

@@ -21,7 +21,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from sdq.report.compare import ComparisonTable
-from sdq.report.io import METHOD_ORDER, bits_label, label_bits, method_label
+from sdq.report.io import bits_label, label_bits, method_label, method_rank
 from sdq.report.run_table import LangRow
 
 DPI = 120
@@ -205,11 +205,7 @@ def plot_compare_layer_errors(runs: list[tuple[Path, dict]], task: str, path: st
     panels = layer_error_panels(runs, task)
     if not panels:
         return None
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    methods = sorted(
-        {m for p in panels.values() for m in p},
-        key=lambda m: (order.get(m.removesuffix("+unlabeled"), len(order)), m),
-    )
+    methods = sorted({m for p in panels.values() for m in p}, key=lambda m: (method_rank(m), m))
     palette = rcParams["axes.prop_cycle"].by_key()["color"]
     labels = sorted(panels, key=lambda b: (-(label_bits(b) or 0), b))
     fig = Figure(figsize=(5.2 * len(labels) + 2.0, 4.6))
