@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -42,3 +45,38 @@ def test_eval_batch_runs_on_tiny(capsys):
     out = capsys.readouterr().out
     assert set(rate) == {8, 64} and all(r > 0 for r in rate.values())
     assert "816 test examples" in out and "1.00x" in out  # 4 languages x 204, the fastest size at 1.00x
+
+
+PEERS_ARGS = ["--model", "tiny", "--task", "sib200", "--steps", "2", "--limit-eval", "2", "--teacher", "init",
+              "--threads", "1", "data.languages=[eng_Latn,fra_Latn]"]
+
+
+def check_rows(rows: list[dict], out: str) -> None:
+    for r in rows:
+        assert set(r["per_language"]) == {"eng_Latn", "fra_Latn"}, r["row"]
+        assert 0.0 <= r["agree"] <= 100.0 and math.isfinite(r["acc"]) and r["kl"] > -1e-6, r
+        assert r["bytes"] > 0 and r["step_ratio"] > 0, r
+        assert r["row"] in out
+
+
+def test_peers_qat_sdq_rows_run_on_tiny(capsys, monkeypatch):
+    """The sdq rows need no peer installed: the script cannot rot where the [peers] extra is absent."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    rows = load("peers_qat").main([*PEERS_ARGS, "--bits", "W4A8", "--rows", "sdq qat,sdq,sdq g32"])
+    assert [r["row"] for r in rows] == ["sdq qat", "sdq", "sdq g32"]
+    check_rows(rows, capsys.readouterr().out)
+    assert rows[2]["bytes"] > rows[1]["bytes"]  # group-32 scales and FP embeddings vs 4-bit rows
+
+
+def test_peers_qat_every_row_runs_on_tiny(capsys, monkeypatch, tmp_path):
+    pytest.importorskip("torchao", reason="the [peers] extra is not installed: pip install -e '.[peers]'")
+    pytest.importorskip("modelopt.torch.quantization", reason="the [peers] extra is not installed")
+    monkeypatch.syspath_prepend(str(BENCH))
+    rows = load("peers_qat").main([*PEERS_ARGS, "--out", str(tmp_path / "peers.json")])
+    out = capsys.readouterr().out
+    expected = [(r.name, r.bits) for r in load("peer_students").ROWS if r.name != "sdq +unlabeled"]
+    assert [(r["row"], r["bits"]) for r in rows] == expected
+    assert "sdq +unlabeled W4A8: skipped (no conf/unlabeled/sib200.yaml)" in out
+    check_rows(rows, out)
+    saved = json.loads((tmp_path / "peers.json").read_text())
+    assert [r["row"] for r in saved["rows"]] == [r["row"] for r in rows] and saved["teacher"]["fp_step_s"] > 0
