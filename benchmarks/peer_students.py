@@ -192,7 +192,11 @@ def sdq_student(method: str, quant: str, extra: tuple[str, ...] = (), unlabeled:
 def torchao_student(weight_bits: int, group: int | None):
     """torchao QAT as its docs recommend: QATConfig(Int8DynamicActivationIntxWeightConfig) prepare -> CE ->
     convert; per-token dynamic asymmetric int8 activations, symmetric intN weights per channel or group;
-    Linear layers only (embeddings stay FP). Size: torch.save of the converted model."""
+    Linear layers only (embeddings stay FP). Size: torch.save of the converted model.
+
+    Its weights' SYMMETRIC mapping takes scale = amax / 7.5 at 4 bits: the largest positive weight of each
+    group rounds to 8 and is clipped to 7. torchao 0.18's QAT accepts no other weight mapping
+    (SYMMETRIC_NO_CLIPPING_ERR: "not supported"); see docs/peers.md for what that costs at group 32."""
 
     def build(b: Bench) -> Student:
         from torchao.quantization import Int8DynamicActivationIntxWeightConfig, PerAxis, PerGroup, quantize_

@@ -162,16 +162,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     overrides = [f"model={args.model}", f"task={args.task}", f"data.batch_size={args.batch_size}"]
     if args.task != "sib200":
         overrides.append(f"data.root={args.data_root}")
+    overrides += args.overrides
+    teacher_cfg = compose(overrides)  # train.py's teacher (its cache key holds data.limit_eval: none there)
     if args.limit_eval:
         overrides.append(f"data.limit_eval={args.limit_eval}")
-    overrides += args.overrides
     cfg = compose(overrides)
     torch.manual_seed(int(cfg.seed))
     backbone = resolve_backbone(cfg.model.name_or_path)
     tokenizer = load_tokenizer(backbone)
     settings = RunSettings.from_config(cfg)
     dm = datamodule(settings.data, tokenizer)
-    teacher = load_teacher(cfg, dm, backbone, args.teacher)
+    teacher = load_teacher(teacher_cfg, dm, backbone, args.teacher)
     bits = [b.strip().upper() for b in args.bits.split(",")]
     wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
     rows = [r for r in ROWS if r.bits in bits and (not wanted or r.name in wanted)]
@@ -202,11 +203,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                  time.perf_counter() - t0))
         r = results[-1]
         print(f"  {row.name} {row.bits}: acc {r['acc']:.2f} agree {r['agree']:.2f} ({r['wall_s']:.0f} s)", flush=True)
+        if args.out:  # after every row: a long run that stops early keeps what it measured
+            Path(args.out).write_text(json.dumps({"args": vars(args), "teacher": teacher_row,
+                                                  "teacher_per_language": bench.teacher_per_lang, "rows": results},
+                                                 indent=1))
     print_table(results, teacher_row)
-    if args.out:
-        Path(args.out).write_text(json.dumps({"args": vars(args), "teacher": teacher_row,
-                                              "teacher_per_language": bench.teacher_per_lang, "rows": results},
-                                             indent=1))
     return results
 
 

@@ -80,3 +80,15 @@ def test_peers_qat_every_row_runs_on_tiny(capsys, monkeypatch, tmp_path):
     check_rows(rows, out)
     saved = json.loads((tmp_path / "peers.json").read_text())
     assert [r["row"] for r in saved["rows"]] == [r["row"] for r in rows] and saved["teacher"]["fp_step_s"] > 0
+
+
+def test_scheme_ablation_runs_on_tiny(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    ablation = load("scheme_ablation")
+    out = ablation.main(["--model", "tiny", "--task", "sib200", "--limit-eval", "2", "--teacher", "init",
+                         "--threads", "1", "data.languages=[eng_Latn,fra_Latn]"])
+    printed = capsys.readouterr().out
+    assert list(out) == [c for c in ablation.CASES if "group-128" not in c]  # tiny: hidden size 32
+    assert "group-128 W, FP emb                        skipped: group_size=128 does not divide" in printed
+    for name, r in out.items():
+        assert 0.0 <= r["agree"] <= 100.0 and r["kl"] > -1e-6 and name in printed, (name, r)
