@@ -21,6 +21,7 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -59,6 +60,31 @@ def load_teacher(cfg, dm, backbone: str, how: str) -> torch.nn.Module:
             plain_config(cfg)))
     load_weights(teacher, how)
     return teacher.eval()
+
+
+def setup(args, extra: list[str]):
+    """The overrides, settings, datamodule, tokenizer and teacher of a bench run from
+    ``--model --task --data-root --limit-eval --teacher`` and positional overrides."""
+    from sdq.lit.quiet import quiet_lightning
+    from sdq.lit.settings import RunSettings
+    from sdq.lit.stage import datamodule
+    from sdq.models import load_tokenizer, resolve_backbone
+
+    quiet_lightning()
+    overrides = [f"model={args.model}", f"task={args.task}", *extra]
+    if args.task != "sib200":
+        overrides.append(f"data.root={args.data_root}")
+    overrides += args.overrides
+    teacher_cfg = compose(overrides)  # train.py's teacher (its cache key holds data.limit_eval: none there)
+    if args.limit_eval:
+        overrides.append(f"data.limit_eval={args.limit_eval}")
+    cfg = compose(overrides)
+    torch.manual_seed(int(cfg.seed))
+    backbone = resolve_backbone(cfg.model.name_or_path)
+    tokenizer = load_tokenizer(backbone)
+    settings = RunSettings.from_config(cfg)
+    dm = datamodule(settings.data, tokenizer)
+    return overrides, settings, dm, tokenizer, load_teacher(teacher_cfg, dm, backbone, args.teacher)
 
 
 def train(student: Student, batches: list[dict], lr: float, weight_decay: float, warmup: float) -> list[float]:
@@ -153,32 +179,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from sdq.lit.quiet import quiet_lightning
-    from sdq.lit.settings import RunSettings
-    from sdq.lit.stage import datamodule
-    from sdq.models import load_tokenizer, resolve_backbone
-
-    quiet_lightning()
-    overrides = [f"model={args.model}", f"task={args.task}", f"data.batch_size={args.batch_size}"]
-    if args.task != "sib200":
-        overrides.append(f"data.root={args.data_root}")
-    overrides += args.overrides
-    teacher_cfg = compose(overrides)  # train.py's teacher (its cache key holds data.limit_eval: none there)
-    if args.limit_eval:
-        overrides.append(f"data.limit_eval={args.limit_eval}")
-    cfg = compose(overrides)
-    torch.manual_seed(int(cfg.seed))
-    backbone = resolve_backbone(cfg.model.name_or_path)
-    tokenizer = load_tokenizer(backbone)
-    settings = RunSettings.from_config(cfg)
-    dm = datamodule(settings.data, tokenizer)
-    teacher = load_teacher(teacher_cfg, dm, backbone, args.teacher)
     bits = [b.strip().upper() for b in args.bits.split(",")]
     wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
     rows = [r for r in ROWS if r.bits in bits and (not wanted or r.name in wanted)]
     if not rows:
-        raise SystemExit(f"error: no row matches --rows {args.rows!r} --bits {args.bits!r}; rows: "
-                         + ", ".join(sorted({r.name for r in ROWS})))
+        print(f"error: no row matches --rows {args.rows!r} --bits {args.bits!r}; rows: "
+              + ", ".join(sorted({r.name for r in ROWS})), file=sys.stderr)
+        raise SystemExit(2)
+    overrides, settings, dm, tokenizer, teacher = setup(args, [f"data.batch_size={args.batch_size}"])
     bench = Bench.build(lambda extra: compose(overrides + extra), dm, tokenizer, teacher,
                         training_batches(dm, args.steps), args.lr, settings.student.weight_decay,
                         settings.student.warmup_ratio, settings.student.freeze_embeddings)

@@ -13,7 +13,7 @@ import argparse
 
 import torch
 from peer_students import Bench
-from peers_qat import REPO, compose, evaluate, load_teacher
+from peers_qat import REPO, compose, evaluate, setup
 
 _FP_EMB = "quant.embedding=null"
 _G = "quant.weight.granularity=group"
@@ -46,26 +46,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     from sdq.config import quant_dict
     from sdq.errors import SdqConfigError
     from sdq.lit.evaluation import aggregate
-    from sdq.lit.quiet import quiet_lightning
-    from sdq.lit.settings import RunSettings
-    from sdq.lit.stage import datamodule
-    from sdq.models import load_tokenizer, resolve_backbone
     from sdq.quant import QuantConfig, prepare
 
-    quiet_lightning()
-    overrides = [f"model={args.model}", f"task={args.task}", *args.overrides]
-    if args.task != "sib200":
-        overrides.append(f"data.root={args.data_root}")
-    teacher_cfg = compose(overrides)  # train.py's teacher (its cache key holds data.limit_eval: none there)
-    if args.limit_eval:
-        overrides.append(f"data.limit_eval={args.limit_eval}")
-    cfg = compose(overrides)
-    torch.manual_seed(int(cfg.seed))
-    backbone = resolve_backbone(cfg.model.name_or_path)
-    tokenizer = load_tokenizer(backbone)
-    settings = RunSettings.from_config(cfg)
-    dm = datamodule(settings.data, tokenizer)
-    teacher = load_teacher(teacher_cfg, dm, backbone, args.teacher)
+    overrides, settings, dm, tokenizer, teacher = setup(args, [])
     bench = Bench.build(lambda extra: compose(overrides + extra), dm, tokenizer, teacher, [], 0.0,
                         settings.student.weight_decay, settings.student.warmup_ratio, settings.student.freeze_embeddings)
     n = sum(len(b["labels"]) for bs in bench.test.values() for b in bs)
