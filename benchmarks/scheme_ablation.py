@@ -4,6 +4,7 @@ calibrated as train.py calibrates (16 task batches + 128 multilingual pseudo pai
 and evaluated against the teacher on the test set (agreement, KL, worst language, accuracy).
 
     python benchmarks/scheme_ablation.py --limit-eval 100 data.val_languages=[en]    # me5_small, XNLI
+    python benchmarks/scheme_ablation.py --limit-eval 100 --cases 'w8,emb only,a8 only' data.val_languages=[en]   # the W8A8 cases
     python benchmarks/scheme_ablation.py --model tiny --task sib200 --limit-eval 2 --teacher init
 """
 
@@ -27,6 +28,15 @@ CASES: dict[str, list[str]] = {  # Hydra overrides of each case
     "a8 only, static per channel (sdq)": ["quant=w8a8", "quant.weight=null", _FP_EMB],
     "a8 only, static per tensor (as ModelOpt INT8)": ["quant=w8a8", "quant.weight=null", _FP_EMB,
                                                       "quant.act.granularity=tensor"],
+    "w2a8_lsq (preset: per-channel W, MSE-initialised steps)": ["quant=w2a8_lsq"],
+    "w2a8_lsq, group-32 W": ["quant=w2a8_lsq", _G, "+quant.weight.group_size=32"],
+    "w8a8 (preset: 8-bit emb, static per-channel act)": ["quant=w8a8"],
+    "w8a8, FP emb": ["quant=w8a8", _FP_EMB],
+    "w8 weights only, FP emb": ["quant=w8a8", "quant.act=null", _FP_EMB],
+    "8-bit emb only": ["quant=w8a8", "quant.weight=null", "quant.act=null"],
+    "a8 only, per channel, MSE ranges": ["quant=w8a8", "quant.weight=null", _FP_EMB, "quant.act.observer=mse"],
+    "a8 only, per channel, 99.99th percentile": ["quant=w8a8", "quant.weight=null", _FP_EMB,
+                                                 "quant.act.observer=percentile"],
 }
 
 
@@ -37,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "mini-xglue"))
     ap.add_argument("--teacher", default="auto", help="auto (train.py's cached teacher) | init | a .safetensors")
     ap.add_argument("--limit-eval", type=int, default=None, help="test examples per language (default: all)")
+    ap.add_argument("--cases", default="", help="comma-separated texts: run only the cases whose name contains one, e.g. w8,a8 only")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("overrides", nargs="*", help="more train.py (Hydra) overrides, e.g. data.val_languages=[en]")
     args = ap.parse_args(argv)
@@ -55,6 +66,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print(f"{args.model} on {args.task}: {n} test examples in {len(bench.test)} languages, no training step")
     out = {}
     for name, case in CASES.items():
+        if args.cases and not any(part in name for part in args.cases.split(",")):
+            continue
         student = bench.copy_teacher()
         try:
             prepare(student, QuantConfig.from_dict(quant_dict(bench.compose(case))))

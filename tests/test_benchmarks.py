@@ -92,3 +92,12 @@ def test_scheme_ablation_runs_on_tiny(capsys, monkeypatch):
     assert "group-128 W, FP emb                        skipped: group_size=128 does not divide" in printed
     for name, r in out.items():
         assert 0.0 <= r["agree"] <= 100.0 and r["kl"] > -1e-6 and name in printed, (name, r)
+
+
+def test_scheme_ablation_cases_filter(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    ablation = load("scheme_ablation")
+    out = ablation.main(["--model", "tiny", "--task", "sib200", "--limit-eval", "2", "--teacher", "init",
+                         "--threads", "1", "--cases", "w8,emb only", "data.languages=[eng_Latn]"])
+    assert list(out) == ["4-bit emb only", "w8a8 (preset: 8-bit emb, static per-channel act)", "w8a8, FP emb",
+                         "w8 weights only, FP emb", "8-bit emb only"]

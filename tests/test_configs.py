@@ -111,7 +111,7 @@ def test_bits_shortcut_sets_weight_and_embedding_bits() -> None:
     assert make_cfg([], hydra_section=True).hydra.run.dir.split("/")[3] == "sdq-w8a8"
 
 
-@pytest.mark.parametrize("quant", ["w8a8", "w4", "kmeans4", "w2a8_lsq", "w7a8_int8", "mixed_2p5", "binary2"])
+@pytest.mark.parametrize("quant", ["w8a8", "w4", "kmeans4", "w2a8_lsq", "w4a8_g32", "w7a8_int8", "mixed_2p5", "binary2"])
 @pytest.mark.parametrize("bits", [8, 5, 4])
 def test_bits_gives_the_quant_config_of_setting_both_bits_by_hand(quant: str, bits: int) -> None:
     """``bits=N`` (the presets' ``${bits_or:..}``) = the preset with quant.weight.bits and
