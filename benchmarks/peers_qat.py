@@ -117,7 +117,7 @@ def evaluate(model: torch.nn.Module, bench: Bench) -> dict[str, dict[str, float]
     for lang, batches in bench.test.items():
         acc = LanguageAccumulator(bench.head)
         for batch, t_logits in zip(batches, bench.teacher_logits[lang]):
-            logits = model(**{k: v for k, v in batch.items() if k in INPUT_KEYS}).logits
+            logits = model(**{k: v for k, v in batch.items() if k in INPUT_KEYS}).logits.float()
             acc.add(logits, batch["labels"], teacher_logits=t_logits)
         out[lang] = acc.summary(bench.metric)
     return out

@@ -98,6 +98,7 @@ def test_scheme_ablation_cases_filter(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     ablation = load("scheme_ablation")
     out = ablation.main(["--model", "tiny", "--task", "sib200", "--limit-eval", "2", "--teacher", "init",
-                         "--threads", "1", "--cases", "w8,emb only", "data.languages=[eng_Latn]"])
+                         "--threads", "1", "--cases", "w8|emb only", "data.languages=[eng_Latn]"])
     assert list(out) == ["4-bit emb only", "w8a8 (preset: 8-bit emb, static per-channel act)", "w8a8, FP emb",
-                         "w8 weights only, FP emb", "8-bit emb only"]
+                         "w8 weights only, FP emb", "w8 weights only, group-32, FP emb",
+                         "w8a8, group-32 W", "8-bit emb only"]

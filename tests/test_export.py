@@ -18,6 +18,9 @@ W8A8 = {"weight": {"bits": 8, "granularity": "channel"},
         "act": {"bits": 8, "symmetric": False, "observer": "ema"},
         "embedding": {"bits": 8, "granularity": "row"}}
 W4 = {"weight": {"bits": 4, "granularity": "channel"}, "embedding": {"bits": 4, "granularity": "row"}}
+G32 = {"weight": {"bits": 4, "granularity": "group", "group_size": 32}, "embedding": {"bits": 8, "granularity": "row"}}
+LSQ2_G32 = {"weight": {"bits": 2, "scheme": "lsq", "observer": "mse", "granularity": "group", "group_size": 32},
+            "embedding": {"bits": 8, "granularity": "row"}}  # the w4a8_g32 / w2a8_g32 weight layouts
 MIXED = {"weight": {"bits": 2, "scheme": "kmeans", "granularity": "channel", "kmeans_weighting": "act"},
          "embedding": {"bits": 2, "scheme": "binary", "granularity": "row"},
          "overrides": {r"layer\.1\.output": {"bits": 3, "scheme": "uniform"}}}
@@ -63,7 +66,8 @@ def w8a8(tmp_path_factory):
     return student, out, export_quantized(student, out)
 
 
-@pytest.mark.parametrize("quant", [W4, MIXED], ids=["w4", "kmeans2-binary2-uniform3"])
+@pytest.mark.parametrize("quant", [W4, G32, LSQ2_G32, MIXED],
+                         ids=["w4", "w4-group32", "lsq2-group32", "kmeans2-binary2-uniform3"])
 def test_loaded_weights_are_the_stripped_students_bit_exact(tmp_path, quant):
     student = make_student(quant, head="token_cls", labels=5)
     report = export_quantized(student, tmp_path)

@@ -83,12 +83,13 @@ def test_callback_added_from_the_command_line(tmp_path: Path, setup) -> None:
     # min_delta beyond any accuracy: epoch 0 sets the best, epoch 1 does not improve it -> stop (patience 1)
     cfg = compose_cfg(root, teacher, "trainer.max_epochs=4", "callbacks=[default,early_stopping]",
                       "callbacks.early_stopping.patience=1", "callbacks.early_stopping.min_delta=1000")
-    assert cfg.callbacks.early_stopping.monitor is None  # filled per stage: the average dev metric
+    assert cfg.callbacks.early_stopping.monitor is None  # filled per stage: sdq distils -> dev agreement
     ckpt = train(tmp_path, cfg)
     assert ckpt["global_step"] == 2 * STEPS_PER_EPOCH  # stopped after 2 of 4 epochs
     stopper = next(v for k, v in ckpt["callbacks"].items() if k.startswith("EarlyStopping"))
     assert stopper["patience"] == 1 and float(stopper["best_score"]) >= 0, stopper
-    assert any(k.startswith("EarlyStopping{'monitor': 'val/xnli/avg/acc'") for k in ckpt["callbacks"])
+    assert any(k.startswith("EarlyStopping{'monitor': 'val/xnli/avg/agree'") for k in ckpt["callbacks"])
+    assert any(k.startswith("ModelCheckpoint{'monitor': 'val/xnli/avg/agree'") for k in ckpt["callbacks"])
 
 
 def test_callbacks_none_and_stage_filters(tmp_path: Path) -> None:

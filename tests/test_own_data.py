@@ -87,6 +87,8 @@ def test_csv_task_with_language_column_one_command(tmp_path: Path) -> None:
     assert results["labels"]["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
     ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["sdq"]["config"]["task"]["labels"] == list(SENTIMENT)
+    # a distilling student is selected on its dev agreement with the teacher (a CE student on the dev metric)
+    assert any("'monitor': 'val/reviews/avg/agree'" in k for k in ckpt["callbacks"]), list(ckpt["callbacks"])
 
 
 def test_saved_datasets_folder(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 sdq callbacks that group names: :class:`LastCheckpoint` and progress bars without ``v_num``.
 
 ``dirpath: null`` / ``monitor: null`` in a callback node mean the stage's ``checkpoints/`` dir and the
-task's average dev metric (``val/<task>/avg/<metric>``), filled in per stage.
+stage's monitor, filled in per stage: the task's average dev metric (``val/<task>/avg/<metric>``), or for a
+distilling student its average dev agreement with the teacher (``val/<task>/avg/agree``).
 
 >>> callbacks = build_callbacks(settings.callbacks, run_dir / "teacher", "val/xnli/avg/acc", train=True)
 """
