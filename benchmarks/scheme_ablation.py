@@ -12,6 +12,7 @@ case, a bf16 copy of the teacher, measures how many predictions any small pertur
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 from peer_students import Bench
@@ -58,6 +59,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap.add_argument("overrides", nargs="*", help="more train.py (Hydra) overrides, e.g. data.val_languages=[en]")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    parts = [p for p in args.cases.split("|") if p]
+    cases = {name: case for name, case in CASES.items() if not parts or any(p in name for p in parts)}
+    if not cases:  # before any model loads
+        print(f"error: no case matches --cases {args.cases!r}; cases: " + "; ".join(CASES), file=sys.stderr)
+        raise SystemExit(2)
 
     from sdq.calib import calibrate
     from sdq.config import quant_dict
@@ -71,9 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     n = sum(len(b["labels"]) for bs in bench.test.values() for b in bs)
     print(f"{args.model} on {args.task}: {n} test examples in {len(bench.test)} languages, no training step")
     out = {}
-    for name, case in CASES.items():
-        if args.cases and not any(part in name for part in args.cases.split("|")):
-            continue
+    for name, case in cases.items():
         student = bench.copy_teacher()
         if name == FLOOR:
             student.to(torch.bfloat16)

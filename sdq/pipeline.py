@@ -22,7 +22,7 @@ from sdq.data.task_config import task_from_config
 from sdq.lit.logger import finish_logger
 from sdq.lit.quiet import quiet_lightning
 from sdq.lit.settings import RunSettings
-from sdq.lit.stage import datamodule, fit_and_test, make_module, monitor_key, per_step, unlabeled_pool
+from sdq.lit.stage import datamodule, fit_and_test, make_module, per_step, unlabeled_pool
 from sdq.models import build_model, load_tokenizer, resolve_backbone, set_dropout
 from sdq.models.hf_teacher import (
     hf_model_name,
@@ -117,7 +117,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
                          layer_errors=settings.layer_errors, fingerprint=fingerprint(cfg),
                          run_config=plain_config(cfg), teacher_ckpt=teacher_path)
     trainer = fit_and_test(module, dm, settings.lightning, run_dir, train=bool(method.train), tags=tags,
-                           ckpt_path=settings.lightning.ckpt_path, monitor=monitor_key(spec, fidelity=distills))
+                           ckpt_path=settings.lightning.ckpt_path, fidelity=distills)
     if method.quantize and not method.train:  # PTQ: keep the calibrated student (export, eval_xglue)
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
 

@@ -102,3 +102,13 @@ def test_scheme_ablation_cases_filter(monkeypatch):
     assert list(out) == ["4-bit emb only", "w8a8 (preset: 8-bit emb, static per-channel act)", "w8a8, FP emb",
                          "w8 weights only, FP emb", "w8 weights only, group-32, FP emb",
                          "w8a8, group-32 W", "8-bit emb only"]
+
+
+def test_scheme_ablation_unknown_case_is_one_error_line(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    ablation = load("scheme_ablation")
+    with pytest.raises(SystemExit) as stop:
+        ablation.main(["--model", "tiny", "--cases", "w9"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no case matches --cases 'w9'"), err

@@ -113,10 +113,10 @@ def fit_and_test(
     ckpt_path: str | None = None,
     teacher_stage: bool = False,
     test: bool = True,
-    monitor: str | None = None,
+    fidelity: bool = False,
 ):
-    """Fit (best on ``monitor``, default the average dev metric), reload best, test every language (unless
-    ``test=False``: dev only). Returns the trainer.
+    """Fit (best on :func:`monitor_key`: the average dev metric, or with ``fidelity`` the dev agreement with
+    the teacher), reload best, test every language (unless ``test=False``: dev only). Returns the trainer.
 
     ``ckpt_path``: ``last`` / a file to resume from (see :func:`sdq.lit.resume.resolve_ckpt_path`);
     with ``None``, ``lightning.resume`` (``ckpt_path=last`` / ``resume=true``) still resumes this stage.
@@ -124,7 +124,7 @@ def fit_and_test(
     ckpt_path = resolve_ckpt_path(stage_dir, ckpt_path, lightning.resume) if train else None
     if ckpt_path:  # unreadable, or from another model/quant config: one clear error before any output
         module.check_checkpoint(read_checkpoint(ckpt_path), f"checkpoint {ckpt_path}")
-    trainer = build_trainer(lightning, stage_dir, monitor or monitor_key(dm.spec), train=train, teacher_stage=teacher_stage,
+    trainer = build_trainer(lightning, stage_dir, monitor_key(dm.spec, fidelity), train=train, teacher_stage=teacher_stage,
                             tags=tags, run_config=module.run_config)
     if train:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
