@@ -42,7 +42,8 @@ def evaluate_checkpoint(
     batch_size: int = 64,
     limit_eval: int | None = None,
 ) -> dict:
-    """Dev + test metrics per language; teacher/fidelity vs ``reference`` (or the run's own teacher).
+    """Dev + test metrics per language; teacher/fidelity vs ``reference`` (or the run's own teacher), and
+    the per-layer error carried against it (``results["layer_errors"]``, one dev batch, as in training).
 
     ``limit_eval``: dev/test examples per language (seeded subsample); None = all of them, whatever the
     training run used. ``results["examples"][task]`` holds the counts evaluated per split and language.
@@ -78,10 +79,12 @@ def evaluate_checkpoint(
         if bad:
             raise SdqConfigError(f"languages {bad} not in task {spec.name} ({', '.join(spec.languages)})")
     dm = build_datamodule(cfg, load_tokenizer(resolve_backbone(cfg.model.name_or_path)))
+    # the error carried layer by layer against the teacher/reference, on a fixed dev batch as in training
+    diag = next(iter(dm.val_dataloader()[0])) if teacher is not None else None
 
     module = SDQModule(
         student, teacher, DistillLoss(ce=1.0), TaskInfo(spec.name, spec.kind, spec.metric, tuple(spec.labels)),
-        val_languages=dm.val_languages, test_languages=dm.test_languages,
+        val_languages=dm.val_languages, test_languages=dm.test_languages, diag_batch=diag,
     )
     trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False)
     trainer.validate(module, datamodule=dm, verbose=False)
@@ -92,4 +95,4 @@ def evaluate_checkpoint(
     sizes = dm.sizes()
     meta["examples"] = {spec.name: {split: {key.split("/", 1)[1]: n for key, n in sizes.items()
                                             if key.startswith(f"{split}/")} for split in ("dev", "test")}}
-    return build_results(spec, module.results, [], meta)
+    return build_results(spec, module.results, module.layer_error_history, meta)

@@ -263,3 +263,29 @@ def test_script_limit_override_and_unknown_key(tmp_path):
         ("error: data.limit_evl is not a config key (did you mean data.limit_eval? add a new key with "
          "+data.limit_evl=5)")
     ]
+
+
+def test_ckpt_mode_carries_layer_errors_against_its_reference(xnli_run, tmp_path):
+    """ckpt= with a reference: results.json holds the per-layer error carried against it, as a training run's
+    does: exactly 0 for the reference itself, > 0 from the first perturbed layer on; none without a teacher."""
+    import torch
+
+    from sdq.evaluate import evaluate_checkpoint
+
+    run, root = xnli_run
+    best = run / "checkpoints" / "best.ckpt"
+    same = evaluate_checkpoint(str(run), "xnli", str(root), reference=str(run), limit_eval=3)
+    (errors,) = same["layer_errors"]
+    n_layers = len(errors["layer_carried"])
+    assert n_layers >= 2 and errors["layer_carried"] == [0.0] * n_layers, errors
+
+    state = torch.load(best, weights_only=False)
+    key = next(k for k in state["state_dict"] if ".layer.1." in k and k.endswith("output.dense.weight"))
+    state["state_dict"][key] = state["state_dict"][key] + 0.05  # perturb layer 1 only
+    (tmp_path / "p" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "p" / "checkpoints" / "best.ckpt")
+    carried = evaluate_checkpoint(str(tmp_path / "p"), "xnli", str(root), reference=str(run),
+                                  limit_eval=3)["layer_errors"][-1]["layer_carried"]
+    assert carried[0] == 0.0 and all(v > 0 for v in carried[1:]), carried
+
+    assert "layer_errors" not in evaluate_checkpoint(str(run), "xnli", str(root), limit_eval=3)
