@@ -321,3 +321,30 @@ def test_int8_backend_mixed_schemes_and_attention_quantizers(tmp_path):
         load_quantized(tmp_path / "attn", backend="int8")
     with pytest.raises(SdqError, match="unknown; use one of: torch, int8, onnx"):
         load_quantized(tmp_path / "mixed", backend="tensorrt")
+
+
+def test_per_channel_input_qdq_equals_a_hand_computation():
+    """A Linear whose input is quantized per channel becomes per-axis QuantizeLinear/DequantizeLinear
+    before its MatMul: onnxruntime's output is the numpy reference clamp(rint(x/s) + z) dequantized, not the
+    float product."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sdq.export.onnx_graph import ActQuant, LinearPlan, rewrite_linears
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 5)).astype(np.float32)  # (in, out), as the graph holds it
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="/lin/MatMul")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 5])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    scale, zp = np.array([0.1, 0.5, 0.05, 1.0], np.float32), np.array([128, 100, 0, 255])
+    plan = LinearPlan(weight=w.T, act=ActQuant(scale, zp, 0, 255))
+    assert rewrite_linears(model, {"lin": plan}) == {"integer": 0, "act_qdq": 1, "float": 0}
+    x = rng.normal(scale=3.0, size=(2, 3, 4)).astype(np.float32)  # (B, T, in)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = sess.run(None, {"x": x})
+    ref = (np.clip(np.rint(x / scale) + zp, 0, 255) - zp) * scale @ w
+    np.testing.assert_allclose(y, ref, atol=1e-5, rtol=0)
+    assert not np.allclose(y, x @ w, atol=1e-2)

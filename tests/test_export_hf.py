@@ -246,13 +246,30 @@ def test_onnxruntime_with_the_shipped_tokenizer_reproduces_the_student(w8a8):
     assert [r["label"] for r in clf(SENTENCES)] == [LABELS[p] for p in student_preds(student, tok)]
 
 
-def test_per_channel_activations_give_a_float_onnx_that_says_so(tmp_path, backbone):
+def test_per_channel_activations_run_as_per_channel_qdq_in_a_float_onnx(tmp_path, backbone):
+    """Per-input-channel activation scales (the default w8a8) have no MatMulIntegerToFloat form: the ONNX
+    model quantizes those inputs with per-axis QuantizeLinear/DequantizeLinear, so it reproduces the
+    student's logits, and says what it is."""
+    import onnx
+    from transformers import AutoTokenizer
+
+    from sdq.lit.restore import load_student
+
     run = tmp_path / "run"
     write_run(run, backbone, W8A8_CHANNEL, "w8a8")
     res = main([f"ckpt={run}", f"out={tmp_path / 'out'}", "check=false", "onnx=true"])
-    assert res["onnx_kind"].startswith("model.onnx: float (MatMuls with the dequantized weights: 0 with Q/DQ")
-    assert "12 Linear inputs without the student's per-channel activation quantization" in res["onnx_kind"]
+    assert res["onnx_kind"].startswith("model.onnx: float (MatMuls with the dequantized weights: 12 with Q/DQ")
+    assert "12 of them per input channel" in res["onnx_kind"]
     assert front_matter(tmp_path / "out" / "README.md")["sdq"]["onnx"] == "float"
+    graph = onnx.load(str(tmp_path / "out" / "model.onnx")).graph
+    axes = [a.i for n in graph.node if n.op_type == "QuantizeLinear" for a in n.attribute if a.name == "axis"]
+    assert axes == [-1] * 12
+    student = load_student(run / "checkpoints" / "last.ckpt")
+    enc = AutoTokenizer.from_pretrained(str(tmp_path / "out"))(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = student(**enc).logits
+        got = load_quantized(tmp_path / "out", backend="onnx")(**enc).logits
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
 
 
 def test_low_agreement_refuses_the_copy_and_removes_a_stale_one(tmp_path, backbone, weight_only):

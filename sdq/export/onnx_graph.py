@@ -6,8 +6,8 @@ Each Linear of the student becomes, by its own quantizers (``LinearPlan``):
   ``com.microsoft.MatMulIntegerToFloat(x_q, W_q, s_a, s_w, z_a, z_w)``: int8 x int8 -> int32 on
   MLAS/VNNI, rescaled per output channel: ``(x_q - z_a) @ (W_q - z_w) * s_a * s_w`` -- the same
   numbers as the fake-quantized forward (up to float summation order);
-- activation fake-quant only (weights non-uniform, grouped or FP): ``QuantizeLinear -> DequantizeLinear``
-  before the float MatMul (whose weight is already the student's effective weight);
+- activation fake-quant only (weights non-uniform, grouped or FP, or inputs quantized per channel):
+  ``QuantizeLinear -> DequantizeLinear`` (per channel: ``axis=-1``) before the float MatMul (whose weight is already the student's effective weight);
 - nothing: the float MatMul stays.
 
 MatMul nodes are found by the module scope torch's exporter writes into node names
@@ -28,18 +28,27 @@ from onnx import TensorProto, helper, numpy_helper
 from sdq.errors import SdqError
 
 
-@dataclass
+@dataclass(eq=False)
 class ActQuant:
-    """Per-tensor activation quantization ``q = clamp(round(x/scale) + zp, qmin, qmax)``."""
+    """Activation quantization ``q = clamp(round(x/scale) + zp, qmin, qmax)``: per tensor (``scale`` a
+    float), or per input channel (``scale``/``zero_point`` arrays (in,) along the last axis)."""
 
-    scale: float
-    zero_point: int
+    scale: float | np.ndarray
+    zero_point: int | np.ndarray
     qmin: int
     qmax: int
 
     @property
     def signed(self) -> bool:
         return self.qmin < 0
+
+    @property
+    def per_channel(self) -> bool:
+        return np.ndim(self.scale) > 0
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, ActQuant) and (self.qmin, self.qmax) == (other.qmin, other.qmax)
+                and np.array_equal(self.scale, other.scale) and np.array_equal(self.zero_point, other.zero_point))
 
 
 @dataclass
@@ -55,8 +64,8 @@ class LinearPlan:
     w_zero_point: np.ndarray | None = None
 
     @property
-    def integer(self) -> bool:
-        return self.act is not None and self.codes is not None
+    def integer(self) -> bool:  # MatMulIntegerToFloat takes one activation scale: per-tensor inputs only
+        return self.act is not None and not self.act.per_channel and self.codes is not None
 
 
 def scope_of(node_name: str) -> str:
@@ -70,12 +79,14 @@ def _qtype(signed: bool) -> int:
 
 
 def _act_nodes(x: str, name: str, act: ActQuant, dequant: bool, inits: list) -> tuple[list, str]:
-    """QuantizeLinear (+ Clip for < 8 bits) (+ DequantizeLinear) of tensor ``x``."""
+    """QuantizeLinear (+ Clip for < 8 bits) (+ DequantizeLinear) of tensor ``x`` (per channel: along its last
+    axis)."""
     dt = np.int8 if act.signed else np.uint8
     s, z = f"{name}.a_scale", f"{name}.a_zero_point"
-    inits += [numpy_helper.from_array(np.array(act.scale, np.float32), s),
-              numpy_helper.from_array(np.array(act.zero_point, dt), z)]
-    nodes = [helper.make_node("QuantizeLinear", [x, s, z], [f"{name}.x_q"], name=f"{name}/QuantizeLinear")]
+    inits += [numpy_helper.from_array(np.asarray(act.scale, np.float32), s),
+              numpy_helper.from_array(np.asarray(act.zero_point).astype(dt), z)]
+    axis = {"axis": -1} if act.per_channel else {}
+    nodes = [helper.make_node("QuantizeLinear", [x, s, z], [f"{name}.x_q"], name=f"{name}/QuantizeLinear", **axis)]
     out = f"{name}.x_q"
     full = (-128, 127) if act.signed else (0, 255)
     if (act.qmin, act.qmax) != full:
@@ -86,7 +97,7 @@ def _act_nodes(x: str, name: str, act: ActQuant, dequant: bool, inits: list) -> 
         out = f"{name}.x_qc"
     if dequant:
         nodes.append(helper.make_node("DequantizeLinear", [out, s, z], [f"{name}.x_dq"],
-                                      name=f"{name}/DequantizeLinear"))
+                                      name=f"{name}/DequantizeLinear", **axis))
         out = f"{name}.x_dq"
     return nodes, out
 

@@ -61,9 +61,9 @@ class ExportReport:
             return "model.onnx: not written (weight-only quantization; onnx=true writes one with float MatMuls)"
         ops = self.onnx["ops"]
         n_int, n_qatt = ops.get("integer", 0), ops.get("qattention", 0)
-        dropped = self.onnx.get("acts_not_applied", 0)
-        tail = (f"; {dropped} Linear inputs without the student's per-channel activation quantization (no integer "
-                "ONNX form: train with quant=w8a8_int8 for an int8 model.onnx)") if dropped else ""
+        per_channel = self.onnx.get("per_channel_acts", 0)
+        tail = (f"; {per_channel} of them per input channel, which MatMulIntegerToFloat cannot take: train with "
+                "quant=w8a8_int8 for integer GEMMs") if per_channel else ""
         if n_int or n_qatt:
             return (f"model.onnx: int8 ({n_int} MatMulIntegerToFloat + {n_qatt} QAttention integer ops, "
                     f"{ops.get('act_qdq', 0)} Q/DQ + {ops.get('float', 0)} float MatMuls{tail})")

@@ -178,7 +178,7 @@ def _write(model: nn.Module, out: Path, onnx: bool | str, labels=None, tokenizer
 
         info = build_onnx(plain, meta, arrays, out / ONNX_FILE)
         report.onnx = {"path": str(out / ONNX_FILE), "bytes": os.path.getsize(out / ONNX_FILE), "ops": info,
-                       "acts_not_applied": sum(a["granularity"] != "tensor" for a in col.acts.values())}
+                       "per_channel_acts": sum(a["granularity"] == "channel" for a in col.acts.values())}
         if check_batches:
             agree, n = prediction_agreement(model, OrtModel(out / ONNX_FILE), check_batches)
             report.onnx.update(agreement_with_student=agree, check_examples=n)
