@@ -323,28 +323,51 @@ def test_int8_backend_mixed_schemes_and_attention_quantizers(tmp_path):
         load_quantized(tmp_path / "mixed", backend="tensorrt")
 
 
-def test_per_channel_input_qdq_equals_a_hand_computation():
-    """A Linear whose input is quantized per channel becomes per-axis QuantizeLinear/DequantizeLinear
-    before its MatMul: onnxruntime's output is the numpy reference clamp(rint(x/s) + z) dequantized, not the
-    float product."""
+def test_per_channel_input_qdq_and_grouped_codes_equal_a_hand_computation():
+    """A Linear whose input is quantized per channel and whose weight is grouped uniform codes becomes
+    per-axis QuantizeLinear/DequantizeLinear -> MatMul on the codes dequantized in the graph (int8
+    initializer, no float copy): onnxruntime's output is the numpy reference, not the float product."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     from sdq.export.onnx_graph import ActQuant, LinearPlan, rewrite_linears
 
     rng = np.random.default_rng(0)
-    w = rng.normal(size=(4, 5)).astype(np.float32)  # (in, out), as the graph holds it
+    codes = rng.integers(-8, 8, size=(10, 2))  # (G, n): 4-bit codes of a (out 5, in 4) weight in groups of 2
+    w_scale = rng.uniform(0.01, 0.2, size=(10, 1)).astype(np.float32)
+    weight = (codes * w_scale).astype(np.float32).reshape(5, 4)  # (out, in), the student's (q - 0) * s
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"], name="/lin/MatMul")], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 5])], [numpy_helper.from_array(w, "w")])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 5])],
+        [numpy_helper.from_array(weight.T.copy(), "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     scale, zp = np.array([0.1, 0.5, 0.05, 1.0], np.float32), np.array([128, 100, 0, 255])
-    plan = LinearPlan(weight=w.T, act=ActQuant(scale, zp, 0, 255))
-    assert rewrite_linears(model, {"lin": plan}) == {"integer": 0, "act_qdq": 1, "float": 0}
+    plan = LinearPlan(weight=weight, act=ActQuant(scale, zp, 0, 255), grouped=(codes, w_scale, None))
+    assert rewrite_linears(model, {"lin": plan}) == {"integer": 0, "act_qdq": 1, "float": 0, "int_weight": 1}
+    inits = {t.name: t for t in model.graph.initializer}
+    assert "w" not in inits and inits["lin.w_codes"].data_type == TensorProto.INT8
     x = rng.normal(scale=3.0, size=(2, 3, 4)).astype(np.float32)  # (B, T, in)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, {"x": x})
-    ref = (np.clip(np.rint(x / scale) + zp, 0, 255) - zp) * scale @ w
+    ref = (np.clip(np.rint(x / scale) + zp, 0, 255) - zp) * scale @ weight.T
     np.testing.assert_allclose(y, ref, atol=1e-5, rtol=0)
-    assert not np.allclose(y, x @ w, atol=1e-2)
+    assert not np.allclose(y, x @ weight.T, atol=1e-2)
+
+
+@pytest.mark.parametrize("quant", [G32, LSQ2_G32], ids=["w4-group32", "lsq2-group32"])
+def test_grouped_weights_go_to_onnx_as_codes_and_reproduce_the_student(tmp_path, quant):
+    """The w4a8_g32 / w2a8_g32 layouts with per-channel 8-bit inputs: every encoder Linear's weight is 8-bit
+    codes in model.onnx (no float copy of it), and onnxruntime gives the student's logits."""
+    student = make_student({**quant, "act": {**W8A8["act"], "granularity": "channel"}})
+    report = export_quantized(student, tmp_path, onnx=True)
+    ops = report.onnx["ops"]
+    assert ops["int_weight"] == ops["act_qdq"] == 12 and ops["integer"] == 0
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    floats = [t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2
+              and t.dims[1] > 1 and not t.name.startswith(("classifier", "roberta.embeddings"))]
+    assert floats == [] and sum(t.name.endswith(".w_codes") for t in graph.initializer) == 12
+    b = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(load_quantized(tmp_path, backend="onnx")(**b).logits, student(**b).logits,
+                                   atol=1e-4, rtol=0)

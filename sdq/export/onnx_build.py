@@ -3,8 +3,10 @@ BERT fusions (Attention / SkipLayerNorm / BiasGelu), then the student's own quan
 
 W8A8 Linears run as static ``QuantizeLinear`` + ``MatMulIntegerToFloat`` (or ``QAttention`` for the
 packed Q/K/V projection when the three share one input quantization), with the student's calibrated
-activation scale/zero point and per-channel weight codes; other quantized Linears keep their effective
-float weights (activation fake-quant as Q/DQ, per tensor or per input channel); a uniform row/tensor word-embedding table is stored as
+activation scale/zero point and per-channel weight codes; other quantized Linears run a float MatMul on
+their 8-bit uniform codes dequantized in the graph (folded once at session start) or on their effective
+float weights (non-uniform schemes), with any activation fake-quant as Q/DQ (per tensor or per input
+channel); a uniform row/tensor word-embedding table is stored as
 int8 codes + per-row scales.
 
 >>> info = build_onnx(plain_model, meta, arrays, "out/model.onnx")   # {'integer': 72, 'qattention': 12, ...}
@@ -53,6 +55,9 @@ def make_plans(plain: nn.Module, meta: dict, arrays: dict[str, np.ndarray]) -> d
         elif a is not None and a["granularity"] == "channel":  # (in,) along the input's last axis
             plan.act = ActQuant(np.asarray(a["scale"], np.float32), np.rint(a["zero_point"]).astype(np.int64),
                                 a["qmin"], a["qmax"])
+        if packed is not None and packed["scheme"] == "uniform" and packed["bits"] <= 8:
+            plan.grouped = (codes_of(packed, arrays, key).numpy(), arrays[f"{key}.scale"],  # (G, n), (G, 1)
+                            arrays.get(f"{key}.zero_point"))
         if (packed is not None and packed["scheme"] == "uniform" and packed["granularity"] != "group"
                 and packed["bits"] <= 8):
             out_f = mod.out_features

@@ -6,8 +6,10 @@ Each Linear of the student becomes, by its own quantizers (``LinearPlan``):
   ``com.microsoft.MatMulIntegerToFloat(x_q, W_q, s_a, s_w, z_a, z_w)``: int8 x int8 -> int32 on
   MLAS/VNNI, rescaled per output channel: ``(x_q - z_a) @ (W_q - z_w) * s_a * s_w`` -- the same
   numbers as the fake-quantized forward (up to float summation order);
-- activation fake-quant only (weights non-uniform, grouped or FP, or inputs quantized per channel):
-  ``QuantizeLinear -> DequantizeLinear`` (per channel: ``axis=-1``) before the float MatMul (whose weight is already the student's effective weight);
+- a float MatMul (weights grouped or non-uniform, or inputs quantized per channel), its input through
+  ``QuantizeLinear -> DequantizeLinear`` (per channel: ``axis=-1``) when the student quantizes it, its
+  weight stored as 8-bit uniform codes + scales and dequantized in the graph (``Cast -> Sub -> Mul``,
+  constant-folded by onnxruntime at session start) or, for non-uniform schemes, as the effective weight;
 - nothing: the float MatMul stays.
 
 MatMul nodes are found by the module scope torch's exporter writes into node names
@@ -55,13 +57,15 @@ class ActQuant:
 class LinearPlan:
     """How one Linear runs: ``weight`` (out, in) effective float weight (what the graph holds now);
     ``codes`` (out, in) integer weight codes with ``w_scale``/``w_zero_point`` (out,) when integer;
-    ``act``: the input quantization, or None."""
+    ``act``: the input quantization, or None; ``grouped``: the uniform codes (G, n) with scale/zero point
+    (G, 1) of sdq.quant's grouped view (any granularity), stored as 8-bit codes when the MatMul stays float."""
 
     weight: np.ndarray
     act: ActQuant | None = None
     codes: np.ndarray | None = None
     w_scale: np.ndarray | None = None
     w_zero_point: np.ndarray | None = None
+    grouped: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
 
     @property
     def integer(self) -> bool:  # MatMulIntegerToFloat takes one activation scale: per-tensor inputs only
@@ -116,6 +120,29 @@ def _int_weight(plan: LinearPlan, name: str, inits: list) -> tuple[str, str, str
     return w, s, z
 
 
+def _dequant_weight(plan: LinearPlan, name: str, inits: list) -> tuple[list, str]:
+    """8-bit codes -> Cast -> (- zero point) -> * scale per group -> (out, in) -> (in, out): the student's
+    ``(q - z) * s``, folded into a float initializer once by onnxruntime's constant folding."""
+    codes, scale, zp = plan.grouped  # (G, n), (G, 1), (G, 1) | None
+    dt = np.int8 if int(codes.min()) < 0 else np.uint8
+    if int(codes.min()) < np.iinfo(dt).min or int(codes.max()) > np.iinfo(dt).max:
+        raise SdqError(f"{name}: weight codes [{codes.min()}, {codes.max()}] do not fit 8 bits")
+    c, s, shape = f"{name}.w_codes", f"{name}.w_group_scale", f"{name}.w_shape"
+    inits += [numpy_helper.from_array(np.ascontiguousarray(codes.astype(dt)), c),
+              numpy_helper.from_array(np.asarray(scale, np.float32), s),
+              numpy_helper.from_array(np.array(plan.weight.shape, np.int64), shape)]
+    nodes = [helper.make_node("Cast", [c], [f"{c}.f"], to=TensorProto.FLOAT, name=f"{name}/w_Cast")]
+    out = f"{c}.f"
+    if zp is not None:
+        inits.append(numpy_helper.from_array(np.asarray(zp, np.float32), f"{name}.w_group_zero_point"))
+        nodes.append(helper.make_node("Sub", [out, f"{name}.w_group_zero_point"], [f"{c}.z"], name=f"{name}/w_Sub"))
+        out = f"{c}.z"
+    nodes += [helper.make_node("Mul", [out, s], [f"{c}.s"], name=f"{name}/w_Mul"),
+              helper.make_node("Reshape", [f"{c}.s", shape], [f"{c}.w"], name=f"{name}/w_Reshape"),  # (out, in)
+              helper.make_node("Transpose", [f"{c}.w"], [f"{name}.w_dq"], perm=[1, 0], name=f"{name}/w_T")]
+    return nodes, f"{name}.w_dq"
+
+
 def rewrite_linears(model: onnx.ModelProto, plans: dict[str, LinearPlan], check_atol: float = 0.0) -> dict:
     """Rewrite the MatMul of every planned Linear in place; returns counts per kind of rewrite.
 
@@ -124,8 +151,7 @@ def rewrite_linears(model: onnx.ModelProto, plans: dict[str, LinearPlan], check_
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     found: set[str] = set()
-    new_nodes, new_inits, counts = [], [], {"integer": 0, "act_qdq": 0, "float": 0}
-    used_weights: set[str] = set()
+    new_nodes, new_inits, counts = [], [], {"integer": 0, "act_qdq": 0, "float": 0, "int_weight": 0}
     for node in graph.node:
         name = scope_of(node.name) if node.op_type == "MatMul" else ""
         plan = plans.get(name)
@@ -148,15 +174,14 @@ def rewrite_linears(model: onnx.ModelProto, plans: dict[str, LinearPlan], check_
                                           list(node.output), name=f"{name}/MatMulIntegerToFloat",
                                           domain="com.microsoft"))
             counts["integer"] += 1
-        elif plan.act is not None:
-            nodes, xdq = _act_nodes(x, name, plan.act, dequant=True, inits=new_inits)
-            nodes.append(helper.make_node("MatMul", [xdq, b], list(node.output), name=node.name))
-            used_weights.add(b)
-            counts["act_qdq"] += 1
         else:
-            nodes = [node]
-            used_weights.add(b)
-            counts["float"] += 1
+            nodes, w = ([], b) if plan.grouped is None else _dequant_weight(plan, name, new_inits)
+            if plan.act is not None:
+                qdq, x = _act_nodes(x, name, plan.act, dequant=True, inits=new_inits)
+                nodes += qdq
+            nodes.append(helper.make_node("MatMul", [x, w], list(node.output), name=node.name))
+            counts["act_qdq" if plan.act is not None else "float"] += 1
+            counts["int_weight"] += plan.grouped is not None
         new_nodes.extend(nodes)
     missing = sorted(set(plans) - found)
     if missing:

@@ -68,7 +68,8 @@ class ExportReport:
             return (f"model.onnx: int8 ({n_int} MatMulIntegerToFloat + {n_qatt} QAttention integer ops, "
                     f"{ops.get('act_qdq', 0)} Q/DQ + {ops.get('float', 0)} float MatMuls{tail})")
         return (f"model.onnx: float (MatMuls with the dequantized weights: {ops.get('act_qdq', 0)} with Q/DQ input "
-                f"quantization, {ops.get('float', 0)} without{tail})")
+                f"quantization, {ops.get('float', 0)} without; {ops.get('int_weight', 0)} weights stored as 8-bit "
+                f"codes{tail})")
 
     @property
     def transformers_line(self) -> str:
