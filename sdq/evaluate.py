@@ -13,14 +13,22 @@ from omegaconf import OmegaConf
 
 from sdq.data.task_config import task_from_config
 from sdq.data.tasks import TASKS, get_task
-from sdq.distill import DistillLoss
-from sdq.errors import SdqConfigError
+from sdq.distill import DistillLoss, attention_blocks
+from sdq.errors import SdqConfigError, SdqModelError
 from sdq.lit.module import SDQModule, TaskInfo
 from sdq.lit.restore import build_from_config, checkpoint_config, load_student, read_checkpoint
 from sdq.lit.stage import build_datamodule
 from sdq.models import load_tokenizer, resolve_backbone
 from sdq.results import build_results
 from sdq.teacher import load_weights
+
+
+def same_depth(student, teacher) -> bool:
+    """Whether the per-layer error can be computed: as many self-attention blocks in both models."""
+    try:
+        return len(attention_blocks(student)) == len(attention_blocks(teacher))
+    except SdqModelError:  # no recognisable blocks: no per-layer diagnostics
+        return False
 
 
 def resolve_ckpt(path: str | Path) -> Path:
@@ -43,7 +51,7 @@ def evaluate_checkpoint(
     limit_eval: int | None = None,
 ) -> dict:
     """Dev + test metrics per language; teacher/fidelity vs ``reference`` (or the run's own teacher), and
-    the per-layer error carried against it (``results["layer_errors"]``, one dev batch, as in training).
+    the per-layer error carried against it (``results["layer_errors"]``, on the first dev batch evaluated).
 
     ``limit_eval``: dev/test examples per language (seeded subsample); None = all of them, whatever the
     training run used. ``results["examples"][task]`` holds the counts evaluated per split and language.
@@ -79,8 +87,11 @@ def evaluate_checkpoint(
         if bad:
             raise SdqConfigError(f"languages {bad} not in task {spec.name} ({', '.join(spec.languages)})")
     dm = build_datamodule(cfg, load_tokenizer(resolve_backbone(cfg.model.name_or_path)))
-    # the error carried layer by layer against the teacher/reference, on a fixed dev batch as in training
-    diag = next(iter(dm.val_dataloader()[0])) if teacher is not None else None
+    # the error carried layer by layer against the teacher/reference: the first dev batch of this evaluation
+    # (its first language and batch size), when the run asked for diagnostics and both have the same depth
+    diag = None
+    if teacher is not None and cfg.get("diagnostics", {}).get("layer_errors", True) and same_depth(student, teacher):
+        diag = next(iter(dm.val_dataloader()[0]))
 
     module = SDQModule(
         student, teacher, DistillLoss(ce=1.0), TaskInfo(spec.name, spec.kind, spec.metric, tuple(spec.labels)),

@@ -350,7 +350,7 @@ def test_per_channel_input_qdq_and_grouped_codes_equal_a_hand_computation():
     x = rng.normal(scale=3.0, size=(2, 3, 4)).astype(np.float32)  # (B, T, in)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, {"x": x})
-    ref = (np.clip(np.rint(x / scale) + zp, 0, 255) - zp) * scale @ weight.T
+    ref = (np.clip(np.rint(x * (np.float32(1) / scale)) + zp, 0, 255) - zp) * scale @ weight.T  # as the student
     np.testing.assert_allclose(y, ref, atol=1e-5, rtol=0)
     assert not np.allclose(y, x @ weight.T, atol=1e-2)
 

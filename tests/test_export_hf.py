@@ -259,7 +259,7 @@ def test_per_channel_activations_run_as_per_channel_qdq_in_a_float_onnx(tmp_path
     write_run(run, backbone, W8A8_CHANNEL, "w8a8")
     res = main([f"ckpt={run}", f"out={tmp_path / 'out'}", "check=false", "onnx=true"])
     assert res["onnx_kind"].startswith("model.onnx: float (MatMuls with the dequantized weights: 12 with Q/DQ")
-    assert "12 weights stored as 8-bit codes; 12 of them per input channel" in res["onnx_kind"]
+    assert "12 weights stored as 8-bit codes; 12 Linear inputs quantized per channel" in res["onnx_kind"]
     assert front_matter(tmp_path / "out" / "README.md")["sdq"]["onnx"] == "float"
     graph = onnx.load(str(tmp_path / "out" / "model.onnx")).graph
     axes = [a.i for n in graph.node if n.op_type == "QuantizeLinear" for a in n.attribute if a.name == "axis"]

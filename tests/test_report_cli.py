@@ -289,3 +289,20 @@ def test_ckpt_mode_carries_layer_errors_against_its_reference(xnli_run, tmp_path
     assert carried[0] == 0.0 and all(v > 0 for v in carried[1:]), carried
 
     assert "layer_errors" not in evaluate_checkpoint(str(run), "xnli", str(root), limit_eval=3)
+
+
+def test_layer_errors_only_between_models_of_the_same_depth():
+    """ckpt= against a reference of another depth (or a model without attention blocks) reports fidelity
+    without the per-layer error instead of failing at the end of the dev pass."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    from sdq.evaluate import same_depth
+
+    def model(layers):
+        return XLMRobertaForSequenceClassification(XLMRobertaConfig(
+            vocab_size=50, hidden_size=8, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=16))
+
+    two = model(2)
+    assert same_depth(two, model(2)) and not same_depth(two, model(1))
+    assert not same_depth(two, torch.nn.Linear(2, 2))

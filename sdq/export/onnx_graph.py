@@ -83,14 +83,19 @@ def _qtype(signed: bool) -> int:
 
 
 def _act_nodes(x: str, name: str, act: ActQuant, dequant: bool, inits: list) -> tuple[list, str]:
-    """QuantizeLinear (+ Clip for < 8 bits) (+ DequantizeLinear) of tensor ``x`` (per channel: along its last
-    axis)."""
+    """``Mul(x, 1/s)`` -> QuantizeLinear with unit scale (the student's ``round(x * (1/s)) + z``, half to even)
+    (+ Clip for < 8 bits) (+ DequantizeLinear with ``s``) of tensor ``x`` (per channel: along its last axis)."""
     dt = np.int8 if act.signed else np.uint8
-    s, z = f"{name}.a_scale", f"{name}.a_zero_point"
-    inits += [numpy_helper.from_array(np.asarray(act.scale, np.float32), s),
-              numpy_helper.from_array(np.asarray(act.zero_point).astype(dt), z)]
+    scale, zp = np.asarray(act.scale, np.float32), np.asarray(act.zero_point)
+    if int(zp.min()) < np.iinfo(dt).min or int(zp.max()) > np.iinfo(dt).max:
+        raise SdqError(f"{name}: activation zero point [{zp.min()}, {zp.max()}] does not fit {np.dtype(dt).name}")
+    s, z, inv, one = f"{name}.a_scale", f"{name}.a_zero_point", f"{name}.a_inv_scale", f"{name}.a_unit_scale"
+    inits += [numpy_helper.from_array(scale, s), numpy_helper.from_array(zp.astype(dt), z),
+              numpy_helper.from_array(np.asarray(np.float32(1.0) / scale, np.float32), inv), numpy_helper.from_array(np.ones_like(scale), one)]
     axis = {"axis": -1} if act.per_channel else {}
-    nodes = [helper.make_node("QuantizeLinear", [x, s, z], [f"{name}.x_q"], name=f"{name}/QuantizeLinear", **axis)]
+    nodes = [helper.make_node("Mul", [x, inv], [f"{name}.x_s"], name=f"{name}/Mul"),
+             helper.make_node("QuantizeLinear", [f"{name}.x_s", one, z], [f"{name}.x_q"],
+                              name=f"{name}/QuantizeLinear", **axis)]
     out = f"{name}.x_q"
     full = (-128, 127) if act.signed else (0, 255)
     if (act.qmin, act.qmax) != full:

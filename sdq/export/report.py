@@ -62,8 +62,8 @@ class ExportReport:
         ops = self.onnx["ops"]
         n_int, n_qatt = ops.get("integer", 0), ops.get("qattention", 0)
         per_channel = self.onnx.get("per_channel_acts", 0)
-        tail = (f"; {per_channel} of them per input channel, which MatMulIntegerToFloat cannot take: train with "
-                "quant=w8a8_int8 for integer GEMMs") if per_channel else ""
+        tail = (f"; {per_channel} Linear inputs quantized per channel run as Q/DQ + float MatMul: per-tensor inputs "
+                "(quant=w8a8_int8) run as integer GEMMs") if per_channel else ""
         if n_int or n_qatt:
             return (f"model.onnx: int8 ({n_int} MatMulIntegerToFloat + {n_qatt} QAttention integer ops, "
                     f"{ops.get('act_qdq', 0)} Q/DQ + {ops.get('float', 0)} float MatMuls{tail})")
