@@ -4,7 +4,8 @@
 (bit-exact with the fake-quantized student's ``strip()`` weights; activation quantization dropped);
 ``backend="int8"`` is that model with the student's activation quantization and int8 x int8 -> int32
 GEMMs (:mod:`sdq.export.torch_int8`): its logits equal the student's; ``backend="onnx"`` runs the
-directory's integer ``model.onnx`` with onnxruntime on CPU (fastest, float rounding of its own). All answer
+directory's ``model.onnx`` with onnxruntime on CPU (integer GEMMs for per-tensor inputs, else Q/DQ + float
+MatMuls; float rounding of its own). All answer
 ``model(input_ids, attention_mask).logits``.
 
 >>> model = load_quantized("export/xnli_w8a8")                   # torch, dequantized weights
