@@ -56,15 +56,14 @@ def make_plans(plain: nn.Module, meta: dict, arrays: dict[str, np.ndarray]) -> d
             plan.act = ActQuant(np.asarray(a["scale"], np.float32), np.rint(a["zero_point"]).astype(np.int64),
                                 a["qmin"], a["qmax"])
         if packed is not None and packed["scheme"] == "uniform" and packed["bits"] <= 8:
-            plan.grouped = (codes_of(packed, arrays, key).numpy(), arrays[f"{key}.scale"],  # (G, n), (G, 1)
-                            arrays.get(f"{key}.zero_point"))
-        if (packed is not None and packed["scheme"] == "uniform" and packed["granularity"] != "group"
-                and packed["bits"] <= 8):
-            out_f = mod.out_features
-            plan.codes = codes_of(packed, arrays, key).reshape(out_f, -1).numpy()
-            plan.w_scale = np.broadcast_to(arrays[f"{key}.scale"].reshape(-1), (out_f,)).astype(np.float32)
-            if f"{key}.zero_point" in arrays:
-                plan.w_zero_point = np.broadcast_to(arrays[f"{key}.zero_point"].reshape(-1), (out_f,))
+            codes = codes_of(packed, arrays, key).numpy()  # (G, n) in sdq.quant's grouped view
+            plan.grouped = (codes, arrays[f"{key}.scale"], arrays.get(f"{key}.zero_point"))  # + (G, 1) params
+            if packed["granularity"] != "group":  # one scale per output row (or tensor): integer-GEMM ready
+                out_f = mod.out_features
+                plan.codes = codes.reshape(out_f, -1)
+                plan.w_scale = np.broadcast_to(arrays[f"{key}.scale"].reshape(-1), (out_f,)).astype(np.float32)
+                if f"{key}.zero_point" in arrays:
+                    plan.w_zero_point = np.broadcast_to(arrays[f"{key}.zero_point"].reshape(-1), (out_f,))
         plans[name] = plan
     return plans
 

@@ -32,7 +32,7 @@ from sdq.errors import SdqError
 
 @dataclass(eq=False)
 class ActQuant:
-    """Activation quantization ``q = clamp(round(x/scale) + zp, qmin, qmax)``: per tensor (``scale`` a
+    """Activation quantization ``q = clamp(round(x * (1/scale)) + zp, qmin, qmax)``: per tensor (``scale`` a
     float), or per input channel (``scale``/``zero_point`` arrays (in,) along the last axis)."""
 
     scale: float | np.ndarray
@@ -91,7 +91,8 @@ def _act_nodes(x: str, name: str, act: ActQuant, dequant: bool, inits: list) -> 
         raise SdqError(f"{name}: activation zero point [{zp.min()}, {zp.max()}] does not fit {np.dtype(dt).name}")
     s, z, inv, one = f"{name}.a_scale", f"{name}.a_zero_point", f"{name}.a_inv_scale", f"{name}.a_unit_scale"
     inits += [numpy_helper.from_array(scale, s), numpy_helper.from_array(zp.astype(dt), z),
-              numpy_helper.from_array(np.asarray(np.float32(1.0) / scale, np.float32), inv), numpy_helper.from_array(np.ones_like(scale), one)]
+              numpy_helper.from_array(np.asarray(np.float32(1.0) / scale, np.float32), inv),  # as torch's 1/s
+              numpy_helper.from_array(np.ones_like(scale), one)]
     axis = {"axis": -1} if act.per_channel else {}
     nodes = [helper.make_node("Mul", [x, inv], [f"{name}.x_s"], name=f"{name}/Mul"),
              helper.make_node("QuantizeLinear", [f"{name}.x_s", one, z], [f"{name}.x_q"],
@@ -111,12 +112,17 @@ def _act_nodes(x: str, name: str, act: ActQuant, dequant: bool, inits: list) -> 
     return nodes, out
 
 
-def _int_weight(plan: LinearPlan, name: str, inits: list) -> tuple[str, str, str]:
-    codes = plan.codes
-    signed = int(codes.min()) < 0 or int(codes.max()) <= 127
-    dt = np.int8 if signed else np.uint8
+def _code_dtype(codes: np.ndarray, name: str) -> type:
+    """int8 for codes in [-128, 127], else uint8 for codes in [0, 255]; SdqError when neither holds them."""
+    dt = np.int8 if int(codes.min()) < 0 or int(codes.max()) <= 127 else np.uint8
     if int(codes.min()) < np.iinfo(dt).min or int(codes.max()) > np.iinfo(dt).max:
         raise SdqError(f"{name}: weight codes [{codes.min()}, {codes.max()}] do not fit 8 bits")
+    return dt
+
+
+def _int_weight(plan: LinearPlan, name: str, inits: list) -> tuple[str, str, str]:
+    codes = plan.codes
+    dt = _code_dtype(codes, name)
     w, s, z = f"{name}.w_q", f"{name}.w_scale", f"{name}.w_zero_point"
     zp = plan.w_zero_point if plan.w_zero_point is not None else np.zeros(codes.shape[0])
     inits += [numpy_helper.from_array(np.ascontiguousarray(codes.T.astype(dt)), w),  # (in, out)
@@ -129,9 +135,7 @@ def _dequant_weight(plan: LinearPlan, name: str, inits: list) -> tuple[list, str
     """8-bit codes -> Cast -> (- zero point) -> * scale per group -> (out, in) -> (in, out): the student's
     ``(q - z) * s``, folded into a float initializer once by onnxruntime's constant folding."""
     codes, scale, zp = plan.grouped  # (G, n), (G, 1), (G, 1) | None
-    dt = np.int8 if int(codes.min()) < 0 else np.uint8
-    if int(codes.min()) < np.iinfo(dt).min or int(codes.max()) > np.iinfo(dt).max:
-        raise SdqError(f"{name}: weight codes [{codes.min()}, {codes.max()}] do not fit 8 bits")
+    dt = _code_dtype(codes, name)
     c, s, shape = f"{name}.w_codes", f"{name}.w_group_scale", f"{name}.w_shape"
     inits += [numpy_helper.from_array(np.ascontiguousarray(codes.astype(dt)), c),
               numpy_helper.from_array(np.asarray(scale, np.float32), s),
