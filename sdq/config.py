@@ -99,9 +99,10 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     drop = cfg.method.get("student_dropout")
     if drop is not None and (isinstance(drop, bool) or not isinstance(drop, int | float) or not 0.0 <= drop < 1.0):
         raise SdqConfigError(f"method.student_dropout={drop!r} must be a number in [0, 1) or null (model's own)")
-    n_pseudo = cfg.method.get("calibrate_multilingual", 0)
-    if isinstance(n_pseudo, bool) or not isinstance(n_pseudo, int) or n_pseudo < 0:
-        raise SdqConfigError(f"method.calibrate_multilingual={n_pseudo!r} must be an integer >= 0 (0 = off)")
+    for key in ("calibrate_multilingual", "calibrate_unlabeled"):
+        n = cfg.method.get(key, 0)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise SdqConfigError(f"method.{key}={n!r} must be an integer >= 0 (0 = off)")
     if cfg.method.quantize:
         from sdq.quant import QuantConfig
 

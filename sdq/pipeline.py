@@ -22,7 +22,7 @@ from sdq.data.task_config import task_from_config
 from sdq.lit.logger import finish_logger
 from sdq.lit.quiet import quiet_lightning
 from sdq.lit.settings import RunSettings
-from sdq.lit.stage import datamodule, fit_and_test, make_module, per_step, unlabeled_pool
+from sdq.lit.stage import calibration_sample, datamodule, fit_and_test, make_module, per_step, unlabeled_pool
 from sdq.models import build_model, load_tokenizer, resolve_backbone, set_dropout
 from sdq.models.hf_teacher import (
     hf_model_name,
@@ -71,7 +71,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     loss = hydra.utils.instantiate(method.loss)
     distills = bool(method.use_teacher and method.train) and any(
         loss.weights.get(k, 0) > 0 for k in ("logits_kl", "attn_out", "attn_prob", "hidden"))
-    pool = unlabeled_pool(settings.unlabeled, dm, distills)  # read and checked before stage 1
+    n_unlabeled = int(method.get("calibrate_unlabeled") or 0) if method.quantize else 0
+    pool = unlabeled_pool(settings.unlabeled, dm, distills, calibrates=n_unlabeled > 0)  # checked before stage 1
 
     teacher = None
     teacher_path = None
@@ -106,12 +107,15 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
             report.extra = extra
         log.info("quantization report:\n%s", report)
         n_pseudo = int(method.get("calibrate_multilingual") or 0)
-        if method.calibrate_batches or n_pseudo:
+        n_unlabeled = n_unlabeled if pool else 0
+        if method.calibrate_batches or n_pseudo or n_unlabeled:
             batches = calibration_batches(dm.train_dataloader(), int(method.calibrate_batches), tokenizer,
                                           n_pseudo, int(settings.data.batch_size))
+            batches += calibration_sample(pool or [], n_unlabeled, dm.collate, int(settings.data.batch_size),
+                                          int(cfg.seed))
             calibrate(student, batches, len(batches), learn=bool(method.train))
 
-    if pool:  # the student stage distils on them too (after calibration: its batches stay labelled)
+    if pool and distills:  # the student stage distils on them too (after calibration: its batches stay labelled)
         dm.set_unlabeled(pool, per_step(settings.unlabeled, settings.data.batch_size))
     module = make_module(student, teacher, loss, dm, settings.student, teacher_bf16=settings.teacher.bf16,
                          layer_errors=settings.layer_errors, fingerprint=fingerprint(cfg),

@@ -150,11 +150,12 @@ def finetune_teacher(
     ``trainer.max_epochs`` says: the cache key holds the task recipe), select on the average dev metric."""
     log.info("stage 1: fine-tuning the full-precision teacher (%s epochs)", teacher.epochs)
     model = build_model(backbone, dm.spec.kind, dm.num_labels)
-    module = make_module(model, None, DistillLoss(ce=1.0), dm, teacher.recipe, teacher_bf16=teacher.bf16,
-                         fingerprint={"stage": "teacher"}, run_config=run_config)
     tags = {"model": model_name, "task": dm.spec.name, "method": "fp", "stage": "teacher"}
-    trainer = fit_and_test(module, dm, lightning.with_epochs(teacher.epochs), stage_dir, train=True, tags=tags,
-                           teacher_stage=True, test=teacher.test)
+    with dm.validating_on(teacher.val_languages):  # selected on its own dev languages (teacher.val_languages)
+        module = make_module(model, None, DistillLoss(ce=1.0), dm, teacher.recipe, teacher_bf16=teacher.bf16,
+                             fingerprint={"stage": "teacher"}, run_config=run_config)
+        trainer = fit_and_test(module, dm, lightning.with_epochs(teacher.epochs), stage_dir, train=True, tags=tags,
+                               teacher_stage=True, test=teacher.test)
     finish_logger(trainer)  # the student stage opens its own W&B run
     out = stage_dir / "teacher.safetensors"
     if not trainer.is_global_zero:  # DDP: rank 0 writes the teacher files, the other ranks wait for them

@@ -209,3 +209,26 @@ def test_default_run_dir_resolves_from_any_cwd(tmp_path):
     assert next(ln for ln in proc.stderr.splitlines() if ln.startswith("error:")).startswith("error: bits=0")
     (run_dir,) = list((tmp_path / "outputs" / "sib200" / "me5_small").glob("sdq-w8a8-b0/*"))
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+def test_teacher_val_languages_select_the_teacher_and_keep_its_cache_key() -> None:
+    from sdq.lit.settings import RunSettings, teacher_key
+
+    base = ["experiment=xnli_me5"]
+    en = teacher_key(make_cfg([*base, "data.val_languages=[en]"]))
+    # the teacher selected on English dev, the student on every language: the same cached teacher
+    split = make_cfg([*base, "teacher.val_languages=[en]", "data.val_languages=null"])
+    assert teacher_key(split) == en
+    assert RunSettings.from_config(split).teacher.val_languages == ["en"]
+    assert RunSettings.from_config(split).data.val_languages is None  # the student stage: every language
+    assert teacher_key(make_cfg(base)) == teacher_key(make_cfg([*base, "teacher.val_languages=null"])) != en
+    assert teacher_key(make_cfg([*base, "teacher.val_languages=[de]", "data.val_languages=[en]"])) != en
+
+
+def test_teacher_selected_on_its_own_dev_languages(tmp_path: Path, fixture_root: Path) -> None:
+    """teacher.val_languages=[en]: stage 1 validates on English only, the student stage on every language."""
+    results = smoke(tmp_path, fixture_root, ["task=xnli", "method=qat", "teacher.val_languages=[en]"])
+    teacher = json.loads((tmp_path / "run" / "teacher" / "results.json").read_text())
+    assert set(teacher["xnli"]["dev"]) - {"avg"} == {"en"}
+    assert set(results["xnli"]["dev"]) - {"avg"} == set(results["xnli"]["test"]) - {"avg"}
+    assert len(set(results["xnli"]["dev"]) - {"avg"}) > 1

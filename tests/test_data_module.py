@@ -102,6 +102,23 @@ def test_per_language_loaders_in_order(root, tok):
             assert len(loader.dataset) == len(rows) and labelled == n_words  # no word lost
 
 
+def test_validating_on_narrows_dev_languages_for_a_block(root, tok):
+    dm = XGLUEDataModule("pos", root=root, tokenizer=tok, eval_batch_size=5)  # dev languages: en, ar
+    with dm.validating_on(["ar"]):  # e.g. stage 1 selecting the teacher on one language
+        assert dm.val_languages == ["ar"] and len(dm.val_dataloader()) == 1
+        assert len(dm.val_dataloader()[0].dataset) == len(read_split(root, "pos", "ar", "dev"))
+    assert dm.val_languages == ["en", "ar"] and len(dm.val_dataloader()) == 2  # both loaded, restored
+    narrow = XGLUEDataModule("pos", root=root, tokenizer=tok, val_languages=["en"])
+    with narrow.validating_on(["ar"]):  # a language outside the run's own dev languages is loaded
+        assert [len(x.dataset) for x in narrow.val_dataloader()] == [len(read_split(root, "pos", "ar", "dev"))]
+    assert narrow.val_languages == ["en"] and len(narrow.val_dataloader()) == 1
+    with narrow.validating_on(None):
+        assert narrow.val_languages == ["en"]
+    with pytest.raises(SdqConfigError, match="not in task pos"), narrow.validating_on(["xx"]):
+        pass
+    assert narrow.val_languages == ["en"]
+
+
 def test_wpr_groups_reach_the_batch(root, tok):
     dm = XGLUEDataModule("wpr", root=root, tokenizer=tok, eval_batch_size=100)
     groups = next(iter(dm.val_dataloader()[1]))["group"].tolist()

@@ -145,3 +145,54 @@ def test_tiny_run_distils_on_unlabeled_pairs_and_qat_refuses(tmp_path):
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
         "error: unlabeled data needs a teacher"), proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_tiny_ptq_calibrates_on_unlabeled_pairs(tmp_path):
+    """method.calibrate_unlabeled=N: the pool's inputs reach the activation observers of a PTQ student."""
+    from sdq.data.synthetic import write_fixture
+
+    root = write_fixture(tmp_path / "xglue", tasks=["xnli"], n=12)
+    unl = tmp_path / "unl"  # far longer inputs than the fixture's: ranges the task batches never reach
+    unl.mkdir()
+    (unl / "sw.tsv").write_text("".join(f"{' '.join(['zz'] * 30)} {i}\t{'yy ' * 20}{i}\n" for i in range(8)),
+                                encoding="utf-8")
+    base = [sys.executable, str(REPO / "train.py"), "model=tiny", "task=xnli", f"data.root={root}",
+            "data.batch_size=4", "data.eval_batch_size=8", "trainer.enable_progress_bar=false", "logger=none",
+            "diagnostics.layer_errors=false", "method=ptq", "method.calibrate_batches=1",
+            "method.calibrate_multilingual=0"]
+    pool = [f"unlabeled.path='{unl}/{{lang}}.tsv'", "unlabeled.header=false", "unlabeled.columns.text=0",
+            "unlabeled.columns.text_pair=1"]
+    ranges = {}
+    for name, extra in (("off", []), ("on", [*pool, "method.calibrate_unlabeled=8"])):
+        proc = subprocess.run([*base, *extra, f"hydra.run.dir={tmp_path / name}"], cwd=REPO, capture_output=True,
+                              text=True, timeout=600, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        state = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", map_location="cpu",
+                           weights_only=False)["state_dict"]
+        ranges[name] = {k: v for k, v in state.items() if "act_quantizer" in k and k.endswith("max_val")}
+    assert "unlabeled: 8 examples (sw 8), calibration" in (tmp_path / "on" / "train.log").read_text()
+    assert ranges["on"].keys() == ranges["off"].keys() and ranges["on"]
+    # min-max ranges only widen with more inputs; the pool's long inputs widen some of them
+    assert all((ranges["on"][k] >= ranges["off"][k]).all() for k in ranges["on"])
+    assert any((ranges["on"][k] > ranges["off"][k]).any() for k in ranges["on"])
+    refused = tmp_path / "refused"  # a pool that nothing uses: one error line, nothing written
+    proc = subprocess.run([*base, *pool, f"hydra.run.dir={refused}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 2 and "method.calibrate_unlabeled=N" in proc.stderr.strip().splitlines()[-1]
+    assert not (refused / "checkpoints").exists()
+
+
+def test_calibration_sample_is_a_seeded_draw_in_batches():
+    from sdq.data.collate import Collator
+    from sdq.lit.stage import calibration_sample
+
+    pool = [{"input_ids": [0, i + 3, 2], "labels": -100, "group": -1} for i in range(10)]
+    batches = calibration_sample(pool, 7, Collator(pad_id=1, token_task=False), 3, seed=5)
+    assert [len(b["input_ids"]) for b in batches] == [3, 3, 1]
+    drawn = torch.cat([b["input_ids"][:, 1] for b in batches]).tolist()
+    assert len(set(drawn)) == 7 and set(drawn) <= set(range(3, 13))  # 7 distinct examples of the pool
+    again = calibration_sample(pool, 7, Collator(pad_id=1, token_task=False), 3, seed=5)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again, strict=True))
+    assert len(torch.cat([b["input_ids"] for b in calibration_sample(pool, 50, Collator(1, False), 4, 0)])) == 10
+    assert calibration_sample(pool, 0, Collator(1, False), 4, 0) == []

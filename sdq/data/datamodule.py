@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -128,6 +130,28 @@ class XGLUEDataModule(pl.LightningDataModule):
         if pad is None:
             raise SdqConfigError(f"tokenizer {type(self.tokenizer).__name__} has no pad token; set one")
         return int(pad)
+
+    @contextmanager
+    def validating_on(self, languages: list[str] | None) -> Iterator[None]:
+        """Dev languages ``languages`` while the block runs (None: unchanged), e.g. the teacher selected on
+        English dev while the student stage selects on every language's dev agreement (no labels needed).
+
+        >>> with dm.validating_on(["en"]):
+        ...     trainer.fit(teacher_module, datamodule=dm)
+        """
+        if not languages:
+            yield
+            return
+        if self._val is None:
+            self.setup("validate")  # the run's own dev languages stay loaded for the later stages
+        saved, self.val_languages = self.val_languages, self._resolve_languages(list(languages), "dev")
+        for lang in self.val_languages:
+            if lang not in self._val:
+                self._val[lang] = self._load(lang, "dev", self.limit_eval)
+        try:
+            yield
+        finally:
+            self.val_languages = saved
 
     def _train_language(self) -> str:
         if self.own is None:

@@ -81,6 +81,7 @@ class TeacherSettings:
     epochs: int
     recipe: Recipe
     test: bool = False  # stage 1 also tests every language (the student stage reports the teacher there anyway)
+    val_languages: list[str] | None = None  # dev languages stage 1 selects on (None: the run's data.val_languages)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class RunSettings:
                 cache_dir=str(cfg.teacher.cache_dir), bf16=bool(cfg.teacher.bf16), key=teacher_key(cfg),
                 epochs=int(task.epochs), recipe=Recipe(lr=float(task.lr), **common),
                 test=bool(cfg.teacher.get("test", False)),
+                val_languages=_teacher_val_languages(cfg),
             ),
             student=Recipe(lr=float(student_lr), **common),
             lightning=lightning_settings(cfg),
@@ -163,9 +165,15 @@ def teacher_key(cfg: DictConfig) -> str:
     change what it is trained and selected on). Unchanged formula: cached teachers stay valid."""
     root = cfg.data.root
     data = {k: cfg.data.get(k) for k in ("max_length", "batch_size", "limit_train", "limit_eval", "languages")}
-    if cfg.data.get("val_languages"):  # model selection languages (absent = all: older keys stay valid)
-        data["val_languages"] = list(cfg.data.val_languages)  # (task.val_languages is part of "task")
+    val = _teacher_val_languages(cfg) or cfg.data.get("val_languages")
+    if val:  # model selection languages (absent = all: older keys stay valid)
+        data["val_languages"] = list(val)  # (task.val_languages is part of "task")
     return stable_hash({
         "model": cfg.model.name_or_path, "task": dict(cfg.task), "seed": cfg.seed,
         "root": os.path.abspath(root) if root else None, "data": data,
     })
+
+
+def _teacher_val_languages(cfg: DictConfig) -> list[str] | None:
+    val = (cfg.get("teacher") or {}).get("val_languages")
+    return [str(lang) for lang in val] if val else None

@@ -39,19 +39,31 @@ def datamodule(data: DataSettings, tokenizer) -> ResumableDataModule:
     return dm
 
 
-def unlabeled_pool(spec: UnlabeledSpec, dm: ResumableDataModule, distills: bool) -> list[dict] | None:
+def unlabeled_pool(spec: UnlabeledSpec, dm: ResumableDataModule, distills: bool,
+                   calibrates: bool = False) -> list[dict] | None:
     """The encoded unlabeled examples of ``spec`` (None when off), read and checked before any training;
-    SdqConfigError when the method has nothing to distil them with."""
+    SdqConfigError when the run neither distils on them nor calibrates on them."""
     if not spec.enabled:
         return None
-    if not distills:
-        raise SdqConfigError("unlabeled data needs a teacher to distil from and a distillation loss; use "
-                             "method=qat_kd|sdq|sdq_paper|sdq_noise, or unlabeled=none")
+    if not (distills or calibrates):
+        raise SdqConfigError("unlabeled data needs a teacher to distil from and a distillation loss (use "
+                             "method=qat_kd|sdq|sdq_paper|sdq_noise) or a quantized method that calibrates on "
+                             "it (method.calibrate_unlabeled=N); or unlabeled=none")
     rows = read_unlabeled(spec, seed=dm.seed)
     pool = [ex for lang in rows for ex in dm.encode_unlabeled(rows[lang])]
-    log.info("unlabeled: %d examples (%s), %d per step beside %d labelled", len(pool),
-             ", ".join(f"{k} {len(v)}" for k, v in rows.items()), per_step(spec, dm.batch_size), dm.batch_size)
+    use = f"{per_step(spec, dm.batch_size)} per step beside {dm.batch_size} labelled" if distills else "calibration"
+    log.info("unlabeled: %d examples (%s), %s", len(pool), ", ".join(f"{k} {len(v)}" for k, v in rows.items()), use)
     return pool
+
+
+def calibration_sample(pool: list[dict], n: int, collate, batch_size: int, seed: int) -> list[dict]:
+    """``n`` examples of the unlabeled pool (a seeded draw over all its languages) as collated batches.
+
+    >>> batches = calibration_sample(pool, 256, dm.collate, 32, seed=42)     # 8 batches of 32
+    """
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(pool), generator=gen)[:n].tolist()
+    return [collate([pool[i] for i in pick[k:k + batch_size]]) for k in range(0, len(pick), batch_size)]
 
 
 def per_step(spec: UnlabeledSpec, batch_size: int) -> int:
