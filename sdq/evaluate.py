@@ -79,6 +79,9 @@ def evaluate_checkpoint(
     cfg.data.root = data_root if data_root is not None else cfg.data.root
     cfg.data.eval_batch_size = batch_size
     cfg.data.languages = list(languages) if languages is not None else None
+    cfg.data.val_languages = None  # dev in every language evaluated, not the run's selection languages
+    if cfg.task.get("val_languages") is not None:
+        cfg.task.val_languages = None
     cfg.data.limit_eval = limit_eval
     if cfg.task.get("limit_eval") is not None:  # the task's default (e.g. a subset size) would apply to None
         cfg.task.limit_eval = None

@@ -208,7 +208,8 @@ def test_layer_error_panels_keep_unlabeled_runs_apart(tmp_path):
 
 @pytest.fixture(scope="module")
 def xnli_run(tmp_path_factory):
-    """A tiny FP XNLI checkpoint (fixture data: 12 dev/test examples per language) trained with limit_eval=3."""
+    """A tiny FP XNLI checkpoint (fixture data: 12 dev/test examples per language) trained with limit_eval=3,
+    selected on English dev."""
     import torch
     from hydra import compose, initialize_config_dir
 
@@ -220,7 +221,8 @@ def xnli_run(tmp_path_factory):
     root = write_fixture(tmp / "data", tasks=["xnli"], n=12)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["model=tiny", "task=xnli", "method=fp", f"data.root={root}",
-                                                       "data.limit_eval=3", "data.eval_batch_size=4"])
+                                                       "data.limit_eval=3", "data.eval_batch_size=4",
+                                                       "data.val_languages=[en]"])
     cfg = resolve_config(cfg)
     torch.manual_seed(0)
     student = build_from_config(cfg, quantize=False).eval()
@@ -242,6 +244,7 @@ def test_ckpt_mode_takes_its_own_eval_limit(xnli_run, tmp_path, limit, expected)
     assert run_eval(cfg, tmp_path / "out", console) == 0
     counts = json.loads((tmp_path / "out" / "results.json").read_text())["examples"]["xnli"]
     langs = sorted(counts["test"])
+    assert len(langs) > 1 and sorted(counts["dev"]) == langs  # dev in every language, not the run's [en]
     assert langs and all(counts[split][lang] == expected for split in ("dev", "test") for lang in langs), counts
     each = ", ".join(f"{lang} {expected}" for lang in counts["test"])
     assert f"xnli examples evaluated per language: dev {each}; test {each}" in console.export_text()
