@@ -55,7 +55,8 @@ def test_row_binary_equals_binary_code_per_row():
     for r, b in enumerate([1, 2, 3, 1, 2, 3]):
         ref = BinaryCodeQuantizer(QuantizerConfig(bits=b, scheme="binary", granularity="row"), (1, 16))
         ref.calibrate_(w[r:r + 1])
-        assert torch.equal(out[r], ref(w[r:r + 1])[0])
+        # batched least squares (several rows per linalg.solve) may differ from one row's in the last ulp
+        torch.testing.assert_close(out[r], ref(w[r:r + 1])[0], rtol=1e-6, atol=1e-6)
         assert int((q.alpha[r] != 0).sum()) <= b and torch.equal(q.alpha[r, b:], torch.zeros(3 - b))
     codes, params = q.quantize_int(w)
     assert torch.equal(q.dequantize_int(codes, params), out)
