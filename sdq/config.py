@@ -103,6 +103,13 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
         n = cfg.method.get(key, 0)
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise SdqConfigError(f"method.{key}={n!r} must be an integer >= 0 (0 = off)")
+    bc = cfg.method.get("bias_correction", False)
+    if not isinstance(bc, bool):
+        raise SdqConfigError(f"method.bias_correction={bc!r} must be true or false")
+    if bc and cfg.method.quantize and not any(cfg.method.get(k) for k in ("calibrate_batches", "calibrate_multilingual",
+                                                                         "calibrate_unlabeled")):
+        raise SdqConfigError("method.bias_correction=true measures on the calibration batches, and this method has "
+                             "none; set method.calibrate_batches=16 (or calibrate_multilingual/calibrate_unlabeled)")
     if cfg.method.quantize:
         from sdq.quant import QuantConfig
 

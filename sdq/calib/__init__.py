@@ -1,6 +1,7 @@
 """Calibration that needs a model, data or plots: what ``sdq.quant`` (tensors and modules only) leaves out.
 
 - :func:`calibrate`: observers of a prepared model see batches, no gradient step;
+- :func:`correct_bias`: each quantized Linear's bias absorbs the mean output shift of its quantization;
 - :mod:`sdq.calib.datafree`: multilingual pseudo-sentences from the tokenizer's unigram model, calibration
   batches, data-free PTQ (:func:`prepare_datafree`);
 - :mod:`sdq.calib.sensitivity`: one-module-at-a-time quantization sensitivity, budgets, tables and plots
@@ -11,6 +12,7 @@
 >>> calibrate(model, calibration_batches(dm.train_dataloader(), 16, tokenizer, n_pseudo=128), 20)
 """
 
+from sdq.calib.bias_correction import correct_bias
 from sdq.calib.calibrate import calibrate
 from sdq.calib.datafree import calibration_batches, datafree_batches, prepare_datafree
 from sdq.calib.frequencies import frequencies_for_run
@@ -20,6 +22,7 @@ __all__ = [
     "budget_skip",
     "calibrate",
     "calibration_batches",
+    "correct_bias",
     "datafree_batches",
     "frequencies_for_run",
     "kind_sensitivity",
