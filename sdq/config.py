@@ -106,10 +106,13 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     bc = cfg.method.get("bias_correction", False)
     if not isinstance(bc, bool):
         raise SdqConfigError(f"method.bias_correction={bc!r} must be true or false")
-    if bc and cfg.method.quantize and not any(cfg.method.get(k) for k in ("calibrate_batches", "calibrate_multilingual",
-                                                                         "calibrate_unlabeled")):
-        raise SdqConfigError("method.bias_correction=true measures on the calibration batches, and this method has "
-                             "none; set method.calibrate_batches=16 (or calibrate_multilingual/calibrate_unlabeled)")
+    unl = cfg.get("unlabeled") or {}
+    n_unl = cfg.method.get("calibrate_unlabeled") if unl.get("path") or unl.get("dataset") else 0  # else ignored
+    if bc and cfg.method.quantize and not (cfg.method.get("calibrate_batches") or
+                                           cfg.method.get("calibrate_multilingual") or n_unl):
+        raise SdqConfigError("method.bias_correction=true measures on the calibration batches, and this run has "
+                             "none; set method.calibrate_batches=16 (or calibrate_multilingual, or "
+                             "calibrate_unlabeled with an unlabeled= source)")
     if cfg.method.quantize:
         from sdq.quant import QuantConfig
 
