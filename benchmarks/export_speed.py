@@ -45,7 +45,7 @@ def cpu_line() -> str:
     cpu = torch.device("cpu")
     kernel = (f"the first of {int8_kernels(cpu, True)} for 7-bit weight codes, of {int8_kernels(cpu, False)} for "
               f"8-bit ones (all exact; the *_compiled_<kernel> rows force the other integer kernels); torch._int_mm has a fast CPU kernel "
-              f"only with AVX-512 VNNI, oneDNN's u8 x s8 runs 7-bit codes (exact there without VNNI)")
+              f"only with AVX-512 VNNI, oneDNN's u8 x s8 runs 7-bit codes (exact with or without VNNI)")
     onnx = ("int8 weights (u8 x s8, VNNI)" if cpu_has_vnni() else
             "8-bit weights rewritten as uint8 (u8 x u8: exact; ORT's u8 x s8 saturates without VNNI; _s8 row = as "
             "written), 7-bit weights as int8 (u8 x s8 exact on them)")
@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
                 models[ours] = load_quantized(tmp / tag, backend="int8")
                 if bits == 8:  # the exact fallback, timed beside it
                     models[f"{ours}_fp32gemm"] = Forced(models[ours], "fp32")
+                for k in kernels[1:-1]:  # the other integer kernels, forced, eager
+                    models[f"{ours}_eager_{k}"] = Forced(models[ours], k)
                 if bits == 7 or "int_mm" in kernels:  # input codes in one compiled pass
                     models[f"{ours}_compiled"] = load_quantized(tmp / tag, backend="int8", compile=True)
                     for k in kernels[1:-1]:  # the other integer kernels, forced

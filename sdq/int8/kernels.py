@@ -2,11 +2,11 @@
 
 - ``int_mm``: ``torch._int_mm`` int8 x int8 -> int32, where it has a real kernel (CUDA, CPUs with AVX-512 VNNI);
 - ``onednn``: torch's oneDNN u8 x s8 GEMM with the epilogue inside it, for weight codes within [-64, 64]
-  (7-bit weights) on CPUs without VNNI (:mod:`sdq.int8.onednn_gemm`);
+  (7-bit weights) on CPUs, preferred there to ``int_mm`` (:mod:`sdq.int8.onednn_gemm`);
 - ``ort``: onnxruntime's u8 x u8 GEMM, for 8-bit weight codes on CPUs without VNNI (:mod:`sdq.int8.ort_gemm`);
 - ``fp32``: the integer codes in an fp32 GEMM, the student's own eval arithmetic (any device).
 
->>> int8_kernel(torch.device("cpu"))        # "int_mm" with VNNI, else "onednn" (7-bit codes) / "ort"
+>>> int8_kernel(torch.device("cpu"))        # "onednn" (7-bit codes), else "int_mm" with VNNI / "ort"
 >>> with use_int8_kernel("fp32"):           # force one (tests, benchmarks)
 ...     y = model(**batch)
 """
@@ -43,8 +43,8 @@ def int8_kernel(device: torch.device) -> str:
 @functools.cache
 def _kernels_on(device_type: str, s8_codes: bool) -> tuple[str, ...]:  # per call of every Int8Linear: cached
     found = ["int_mm"] if fast_int_mm(torch.device(device_type)) else []
-    if device_type == "cpu" and s8_codes and onednn_available():
-        found.append("onednn")
+    if device_type == "cpu" and s8_codes and onednn_available():  # first: with VNNI too, 1.8x int_mm's speed
+        found.insert(0, "onednn")
     if ort_int_gemm(torch.device(device_type)):
         found.append("ort")
     return (*found, "fp32")
