@@ -36,7 +36,7 @@ def int8_kernels(device: torch.device, s8_codes: bool = True) -> tuple[str, ...]
 
 def int8_kernel(device: torch.device) -> str:
     """Which GEMM :class:`~sdq.int8.Int8Linear` runs on ``device``: the first of :func:`int8_kernels` (layers
-    whose 8-bit codes oneDNN would saturate run ``ort`` instead, else ``fp32``)."""
+    whose 8-bit codes oneDNN would saturate skip it: ``int_mm`` with VNNI, else ``ort``, else ``fp32``)."""
     return int8_kernels(device)[0]
 
 
