@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sdq.data.task_config import task_from_config
+from sdq.data.unlabeled import UnlabeledSpec
 from sdq.errors import SdqConfigError
 from sdq.models.hf_teacher import model_tag
 
@@ -106,8 +107,9 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     bc = cfg.method.get("bias_correction", False)
     if not isinstance(bc, bool):
         raise SdqConfigError(f"method.bias_correction={bc!r} must be true or false")
-    unl = cfg.get("unlabeled") or {}
-    n_unl = cfg.method.get("calibrate_unlabeled") if unl.get("path") or unl.get("dataset") else 0  # else ignored
+    unl = cfg.get("unlabeled")
+    unl = UnlabeledSpec.from_config(OmegaConf.to_container(unl, resolve=True) if OmegaConf.is_config(unl) else unl)
+    n_unl = cfg.method.get("calibrate_unlabeled") if unl.enabled else 0  # ignored without a source
     if bc and cfg.method.quantize and not (cfg.method.get("calibrate_batches") or
                                            cfg.method.get("calibrate_multilingual") or n_unl):
         raise SdqConfigError("method.bias_correction=true measures on the calibration batches, and this run has "
