@@ -44,7 +44,7 @@ def cpu_line() -> str:
         name = "unknown CPU"
     cpu = torch.device("cpu")
     kernel = (f"the first of {int8_kernels(cpu, True)} for 7-bit weight codes, of {int8_kernels(cpu, False)} for "
-              f"8-bit ones (all exact; the *_compiled_<kernel> rows force the other integer kernels); torch._int_mm has a fast CPU kernel "
+              f"8-bit ones (all exact; the *_eager_<kernel> and *_compiled_<kernel> rows force the other integer kernels); torch._int_mm has a fast CPU kernel "
               f"only with AVX-512 VNNI, oneDNN's u8 x s8 runs 7-bit codes (exact with or without VNNI)")
     onnx = ("int8 weights (u8 x s8, VNNI)" if cpu_has_vnni() else
             "8-bit weights rewritten as uint8 (u8 x u8: exact; ORT's u8 x s8 saturates without VNNI; _s8 row = as "

@@ -65,11 +65,9 @@ def test_shift_is_the_mean_float_minus_quantized_output_over_real_tokens():
 
 
 def test_float_and_unquantized_linears_are_left_alone():
-    model = xlmr()
-    student = model
+    student = xlmr()
     prepare(student, QuantConfig.from_dict({"weight": {"bits": 4, "granularity": "channel"},
-                                                    "act": {"bits": 8, "symmetric": False},
-                                                    "skip": ["classifier"]}))
+                                            "act": {"bits": 8, "symmetric": False}, "skip": ["classifier"]}))
     data = [{"input_ids": torch.randint(3, 120, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}]
     calibrate(student, data, 1)
     named = dict(student.named_modules())
