@@ -104,6 +104,22 @@ def test_fast_dev_run_every_logger(logger: str, tmp_path: Path, fixture_root: Pa
         assert langs == set(results["xnli"]["test"]) - {"avg"}
 
 
+@pytest.mark.parametrize("method", options("method"))
+def test_every_distillation_weight_is_a_key_of_every_method(method: str) -> None:
+    """`method.loss.hidden=1.0` (no `+`) reaches DistillLoss; every method lists all its weights."""
+    import inspect
+
+    from hydra.utils import instantiate
+
+    from sdq.distill import DistillLoss
+    keys = set(inspect.signature(DistillLoss).parameters) - {"layer_map"}
+    cfg = make_cfg([f"method={method}", "method.loss.hidden=1.0", "method.loss.attn_prob=0.5"])
+    assert keys <= set(cfg.method.loss)
+    loss = instantiate(cfg.method.loss)
+    assert loss.weights["hidden"] == 1.0 and loss.weights["attn_prob"] == 0.5
+    assert {"hidden", "attn_prob"} <= loss.needs
+
+
 def test_bits_shortcut_sets_weight_and_embedding_bits() -> None:
     cfg = resolve_config(make_cfg(["bits=4"]))
     assert cfg.quant.weight.bits == 4 and cfg.quant.embedding.bits == 4 and cfg.quant.act.bits == 8
