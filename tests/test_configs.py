@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -11,9 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from sdq.config import resolve_config
 from sdq.data.synthetic import write_fixture
+from sdq.distill import DistillLoss
 from sdq.errors import SdqConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,11 +110,6 @@ def test_fast_dev_run_every_logger(logger: str, tmp_path: Path, fixture_root: Pa
 @pytest.mark.parametrize("method", options("method"))
 def test_every_distillation_weight_is_a_key_of_every_method(method: str) -> None:
     """`method.loss.hidden=1.0` (no `+`) reaches DistillLoss; every method lists all its weights."""
-    import inspect
-
-    from hydra.utils import instantiate
-
-    from sdq.distill import DistillLoss
     keys = set(inspect.signature(DistillLoss).parameters) - {"layer_map"}
     cfg = make_cfg([f"method={method}", "method.loss.hidden=1.0", "method.loss.attn_prob=0.5"])
     assert keys <= set(cfg.method.loss)
