@@ -107,8 +107,7 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     bc = cfg.method.get("bias_correction", False)
     if not isinstance(bc, bool):
         raise SdqConfigError(f"method.bias_correction={bc!r} must be true or false")
-    unl = cfg.get("unlabeled")
-    unl = UnlabeledSpec.from_config(OmegaConf.to_container(unl, resolve=True) if OmegaConf.is_config(unl) else unl)
+    unl = UnlabeledSpec.from_config(plain(cfg.get("unlabeled")))
     n_unl = cfg.method.get("calibrate_unlabeled") if unl.enabled else 0  # ignored without a source
     if bc and cfg.method.quantize and not (cfg.method.get("calibrate_batches") or
                                            cfg.method.get("calibrate_multilingual") or n_unl):
@@ -122,10 +121,17 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def plain(node: Any) -> Any:
+    """A config node as plain resolved containers; anything else as it is.
+
+    >>> plain(cfg.get("unlabeled"))   # dict, list, scalar or None
+    """
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
 def plain_config(cfg: DictConfig) -> dict:
     """The resolved run config as plain containers, without Hydra's own section."""
-    return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-            for k, v in cfg.items() if k != "hydra"}
+    return {k: plain(v) for k, v in cfg.items() if k != "hydra"}
 
 
 def fingerprint(cfg: DictConfig) -> dict:

@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from sdq.config import stable_hash
+from sdq.config import plain, stable_hash
 from sdq.data.task_config import task_from_config
 from sdq.data.tasks import TaskSpec
 from sdq.data.unlabeled import UnlabeledSpec
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 @dataclass(frozen=True)
@@ -132,7 +127,7 @@ class RunSettings:
             student=Recipe(lr=float(student_lr), **common),
             lightning=lightning_settings(cfg),
             layer_errors=bool(cfg.diagnostics.layer_errors),
-            unlabeled=UnlabeledSpec.from_config(_plain(cfg.get("unlabeled"))),
+            unlabeled=UnlabeledSpec.from_config(plain(cfg.get("unlabeled"))),
         )
 
 
@@ -147,11 +142,11 @@ def student_epochs(cfg: DictConfig) -> int | None:
 
 def lightning_settings(cfg: DictConfig) -> LightningSettings:
     """The Lightning part of ``cfg``: trainer / callbacks / logger as plain ``_target_`` dicts."""
-    trainer = _plain(cfg.trainer)
+    trainer = plain(cfg.trainer)
     trainer["max_epochs"] = student_epochs(cfg)
-    callbacks = {name: node for name, node in (_plain(cfg.get("callbacks")) or {}).items()
+    callbacks = {name: node for name, node in (plain(cfg.get("callbacks")) or {}).items()
                  if isinstance(node, dict) and node.get("_target_")}
-    logger = _plain(cfg.get("logger"))
+    logger = plain(cfg.get("logger"))
     ckpt_path = cfg.get("ckpt_path")
     return LightningSettings(
         trainer=trainer, callbacks=callbacks, logger=logger if logger and logger.get("_target_") else None,

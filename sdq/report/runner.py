@@ -12,10 +12,11 @@ import copy
 import json
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import track
 
+from sdq.config import plain
 from sdq.data.tasks import TASKS, get_task
 from sdq.errors import SdqConfigError
 from sdq.report.compare import build_comparison
@@ -38,16 +39,12 @@ XGLUE_TASKS = tuple(t for t in TASKS if t != "sib200")
 MODES = ("ckpt", "results", "compare")
 
 
-def _plain(value):
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
 def requested_tasks(cfg: DictConfig, available: list[str] | None = None) -> list[str] | None:
     """``task=`` / ``tasks=[..]`` / ``tasks=all`` as canonical task names (None when neither is given)."""
     names = []
     if cfg.get("task"):
         names.append(str(cfg.task))
-    tasks = _plain(cfg.get("tasks"))
+    tasks = plain(cfg.get("tasks"))
     if tasks == "all":
         names += list(available) if available is not None else list(XGLUE_TASKS)
     elif isinstance(tasks, str):
@@ -95,7 +92,7 @@ def select_languages(results: dict, tasks: list[str], languages: list[str] | Non
 
 
 def _ckpt_for(ckpt, task: str) -> str:
-    ckpt = _plain(ckpt)
+    ckpt = plain(ckpt)
     if isinstance(ckpt, dict):
         if task not in ckpt:
             raise SdqConfigError(f"ckpt has no entry for task {task}; pass ckpt={{{task}: <path>, ...}}")
@@ -152,7 +149,7 @@ def evaluate(cfg: DictConfig, tasks: list[str], reference: Reference | None, con
                 task,
                 cfg.data.root,
                 reference=reference.ckpt if reference else None,
-                languages=check_languages(_plain(cfg.languages), [task]),
+                languages=check_languages(plain(cfg.languages), [task]),
                 batch_size=int(cfg.data.eval_batch_size),
                 limit_eval=limit,
             )
@@ -213,7 +210,7 @@ def run_gate(all_rows: dict, split: str, max_drop, max_lang_drop, out_dir: Path,
 
 def run_compare(cfg: DictConfig, out_dir: Path, console: Console) -> int:
     """compare=<multirun dir | [run dirs]>: table (md, csv), heatmap and averages chart per task."""
-    paths = _plain(cfg.compare)
+    paths = plain(cfg.compare)
     runs = find_results(paths)
     runs = [(p, r) for p, r in track(runs, description="reading results", console=console, transient=True)]
     tables = build_comparison(runs, split=str(cfg.split))
@@ -249,7 +246,7 @@ def run_eval(cfg: DictConfig, out_dir: Path, console: Console | None = None) -> 
     console = console or Console(width=160)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    modes = [m for m in MODES if _plain(cfg.get(m)) not in (None, "", [])]
+    modes = [m for m in MODES if plain(cfg.get(m)) not in (None, "", [])]
     if len(modes) != 1:
         raise SdqConfigError(
             "pass exactly one of ckpt=<checkpoint or run dir>, results=<run dir> or "
@@ -261,14 +258,14 @@ def run_eval(cfg: DictConfig, out_dir: Path, console: Console | None = None) -> 
     max_drop, max_lang_drop = check_limits(cfg.gate.max_drop, cfg.gate.max_lang_drop)
     if modes == ["compare"]:
         return run_compare(cfg, out_dir, console)
-    reference = resolve_reference(_plain(cfg.get("reference")))
+    reference = resolve_reference(plain(cfg.get("reference")))
     if modes == ["ckpt"]:
         tasks = requested_tasks(cfg)
         if tasks is None:
             raise SdqConfigError(
                 "ckpt= needs task=<task it was trained for> (or tasks=[xnli,pos]); e.g. task=xnli"
             )
-        check_languages(_plain(cfg.languages), tasks)
+        check_languages(plain(cfg.languages), tasks)
         results = evaluate(cfg, tasks, reference, console)
         (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     else:
@@ -285,7 +282,7 @@ def run_eval(cfg: DictConfig, out_dir: Path, console: Console | None = None) -> 
                 f"results={cfg.results} has no {', '.join(missing)} results "
                 f"(it has: {', '.join(task_names(results))}); pass task=<one of those>"
             )
-    languages = check_languages(_plain(cfg.languages), tasks)
+    languages = check_languages(plain(cfg.languages), tasks)
     results = select_languages(results, tasks, languages)
     # a reference checkpoint was evaluated on the same examples: its metrics are the "teacher" block
     ref = None
