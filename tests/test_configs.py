@@ -116,6 +116,10 @@ def test_every_distillation_weight_is_a_key_of_every_method(method: str) -> None
     loss = instantiate(cfg.method.loss)
     assert loss.weights["hidden"] == 1.0 and loss.weights["attn_prob"] == 0.5
     assert {"hidden", "attn_prob"} <= loss.needs
+    if method == "fp":  # the root method restates DistillLoss's defaults: listing a key changes nothing
+        params = inspect.signature(DistillLoss).parameters
+        assert {k: v for k, v in make_cfg(["method=fp"]).method.loss.items() if k != "_target_"} == \
+            {k: params[k].default for k in keys}
 
 
 def test_bits_shortcut_sets_weight_and_embedding_bits() -> None:
