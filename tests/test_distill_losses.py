@@ -176,3 +176,7 @@ def test_distill_loss_zero_weights_skip_and_need():
         DistillLoss(ce=0.0)(s, t, None, MASK)
     with pytest.raises(SdqConfigError, match="negative"):
         DistillLoss(hidden=-1.0)
+    with pytest.raises(SdqConfigError, match="attn_prob='x' is not a number"):
+        DistillLoss(attn_prob="x")
+    with pytest.raises(SdqConfigError, match="temperature=None is not a number"):
+        DistillLoss(temperature=None)

@@ -10,7 +10,7 @@ Pure tensor functions plus :class:`DistillLoss`, which combines them from weight
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -150,6 +150,13 @@ def task_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 
+def _number(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise SdqConfigError(f"DistillLoss: {name}={value!r} is not a number; use e.g. {name}=1.0") from None
+
+
 class DistillLoss(nn.Module):
     """Weighted sum of CE (labels), logits KL, attention-output, attention-prob and hidden losses.
 
@@ -166,15 +173,17 @@ class DistillLoss(nn.Module):
                  hidden: float = 0.0, layer_map: Sequence[tuple[int, int]] | None = None):
         super().__init__()
         weights = {"ce": ce, "logits_kl": logits_kl, "attn_out": attn_out, "attn_prob": attn_prob, "hidden": hidden}
+        weights = {name: _number(name, w) for name, w in weights.items()}
         for name, w in weights.items():
-            if float(w) < 0:
-                raise SdqConfigError(f"DistillLoss: weight {name}={w} is negative; use a weight >= 0")
+            if w < 0:
+                raise SdqConfigError(f"DistillLoss: weight {name}={w:g} is negative; use a weight >= 0")
         if attn_out_kind not in KINDS:
             raise SdqConfigError(f"DistillLoss: attn_out_kind={attn_out_kind!r} unknown; use one of {KINDS}")
-        if float(temperature) <= 0:
-            raise SdqConfigError(f"DistillLoss: temperature={temperature} must be > 0")
-        self.weights = {k: float(v) for k, v in weights.items()}
-        self.temperature = float(temperature)
+        temperature = _number("temperature", temperature)
+        if temperature <= 0:
+            raise SdqConfigError(f"DistillLoss: temperature={temperature:g} must be > 0")
+        self.weights = weights
+        self.temperature = temperature
         self.attn_out_kind = attn_out_kind
         self.layer_map = [tuple(p) for p in layer_map] if layer_map is not None else None
 
