@@ -104,16 +104,17 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
         n = cfg.method.get(key, 0)
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise SdqConfigError(f"method.{key}={n!r} must be an integer >= 0 (0 = off)")
-    bc = cfg.method.get("bias_correction", False)
-    if not isinstance(bc, bool):
-        raise SdqConfigError(f"method.bias_correction={bc!r} must be true or false")
     unl = UnlabeledSpec.from_config(plain(cfg.get("unlabeled")))
     n_unl = cfg.method.get("calibrate_unlabeled") if unl.enabled else 0  # ignored without a source
-    if bc and cfg.method.quantize and not (cfg.method.get("calibrate_batches") or
-                                           cfg.method.get("calibrate_multilingual") or n_unl):
-        raise SdqConfigError("method.bias_correction=true measures on the calibration batches, and this run has "
-                             "none; set method.calibrate_batches=16 (or calibrate_multilingual, or "
-                             "calibrate_unlabeled with an unlabeled= source)")
+    has_batches = bool(cfg.method.get("calibrate_batches") or cfg.method.get("calibrate_multilingual") or n_unl)
+    for key in ("gptq", "bias_correction"):  # steps measured on the calibration batches
+        on = cfg.method.get(key, False)
+        if not isinstance(on, bool):
+            raise SdqConfigError(f"method.{key}={on!r} must be true or false")
+        if on and cfg.method.quantize and not has_batches:
+            raise SdqConfigError(f"method.{key}=true measures on the calibration batches, and this run has "
+                                 "none; set method.calibrate_batches=16 (or calibrate_multilingual, or "
+                                 "calibrate_unlabeled with an unlabeled= source)")
     if cfg.method.quantize:
         from sdq.quant import QuantConfig
 

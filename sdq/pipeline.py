@@ -16,7 +16,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, open_dict
 
-from sdq.calib import calibrate, calibration_batches, correct_bias, frequencies_for_run, prepare_datafree
+from sdq.calib import calibrate, calibration_batches, correct_bias, frequencies_for_run, gptq, prepare_datafree
 from sdq.config import fingerprint, plain_config, quant_dict, resolve_config
 from sdq.data.task_config import task_from_config
 from sdq.lit.logger import finish_logger
@@ -114,6 +114,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
             batches += calibration_sample(pool or [], n_unlabeled, dm.collate, int(settings.data.batch_size),
                                           int(cfg.seed))
             calibrate(student, batches, len(batches), learn=bool(method.train))
+            if method.get("gptq"):
+                log.info("gptq: %d quantized Linear weights re-rounded on %d calibration batches",
+                         gptq(student, batches), len(batches))
             if method.get("bias_correction"):
                 log.info("bias correction: %d quantized Linear biases corrected on %d calibration batches",
                          correct_bias(student, batches), len(batches))

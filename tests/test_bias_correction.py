@@ -80,9 +80,10 @@ def test_float_and_unquantized_linears_are_left_alone():
 
 
 @pytest.mark.slow
-def test_tiny_ptq_with_bias_correction(tmp_path):
+def test_tiny_ptq_with_bias_correction_or_gptq(tmp_path):
     """train.py method=ptq method.bias_correction=true: only the encoder's Linear biases differ from the same run
-    without it (weights, ranges, classifier equal), and the log says how many were corrected."""
+    without it (weights, ranges, classifier equal), and the log says how many were corrected; method.gptq=true:
+    only the encoder's Linear weights differ (sdq/calib/gptq.py; its maths: test_gptq)."""
     from sdq.data.synthetic import write_fixture
 
     root = write_fixture(tmp_path / "xglue", tasks=["xnli"], n=12)
@@ -90,7 +91,7 @@ def test_tiny_ptq_with_bias_correction(tmp_path):
             "data.batch_size=4", "data.eval_batch_size=8", "trainer.enable_progress_bar=false", "logger=none",
             "diagnostics.layer_errors=false", "method=ptq", "method.calibrate_batches=2", "quant=w4a8"]
     states = {}
-    for name, extra in (("off", []), ("on", ["method.bias_correction=true"])):
+    for name, extra in (("off", []), ("on", ["method.bias_correction=true"]), ("gptq", ["method.gptq=true"])):
         proc = subprocess.run([*base, *extra, f"hydra.run.dir={tmp_path / name}"], cwd=REPO, capture_output=True,
                               text=True, timeout=600, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -101,3 +102,6 @@ def test_tiny_ptq_with_bias_correction(tmp_path):
     assert states["on"].keys() == states["off"].keys()
     moved = {k for k in states["on"] if not torch.equal(states["on"][k], states["off"][k])}
     assert moved and all(k.endswith(".bias") and ".encoder.layer." in k for k in moved)  # not the classifier
+    assert "gptq: 12 quantized Linear weights re-rounded" in (tmp_path / "gptq" / "train.log").read_text()
+    moved = {k for k in states["gptq"] if not torch.equal(states["gptq"][k], states["off"][k])}
+    assert len(moved) == 12 and all(k.endswith(".weight") and ".encoder.layer." in k for k in moved)  # not the classifier

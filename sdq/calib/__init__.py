@@ -1,6 +1,7 @@
 """Calibration that needs a model, data or plots: what ``sdq.quant`` (tensors and modules only) leaves out.
 
 - :func:`calibrate`: observers of a prepared model see batches, no gradient step;
+- :func:`gptq`: each quantized Linear's weight re-rounded column by column (GPTQ) on calibration batches;
 - :func:`correct_bias`: each quantized Linear's bias absorbs the mean output shift of its quantization;
 - :mod:`sdq.calib.datafree`: multilingual pseudo-sentences from the tokenizer's unigram model, calibration
   batches, data-free PTQ (:func:`prepare_datafree`);
@@ -16,6 +17,7 @@ from sdq.calib.bias_correction import correct_bias
 from sdq.calib.calibrate import calibrate
 from sdq.calib.datafree import calibration_batches, datafree_batches, prepare_datafree
 from sdq.calib.frequencies import frequencies_for_run
+from sdq.calib.gptq import gptq
 from sdq.calib.sensitivity import budget_skip, kind_sensitivity, layer_sensitivity, write_sensitivity
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "correct_bias",
     "datafree_batches",
     "frequencies_for_run",
+    "gptq",
     "kind_sensitivity",
     "layer_sensitivity",
     "prepare_datafree",

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as TF
 from torch import nn
 
-from sdq.calib.calibrate import INPUT_KEYS
+from sdq.calib.calibrate import each_call
 from sdq.quant.modules import QuantLinear
 
 
@@ -35,32 +35,13 @@ def correct_bias(model: nn.Module, batches: Iterable[dict]) -> int:
     layers = {name: mod for name, mod in model.named_modules() if _quantized(mod)}
     sums = {name: torch.zeros(mod.out_features, dtype=torch.float64) for name, mod in layers.items()}
     counts = dict.fromkeys(layers, 0)
-    keep: list[torch.Tensor | None] = [None]  # this batch's real tokens (B, T) bool
 
-    def hook(name: str):
-        def fn(mod: QuantLinear, inputs: tuple, out: torch.Tensor) -> None:
-            x = inputs[0]  # (..., in): the float input, before the layer's activation quantizer
-            shift = TF.linear(x, mod.weight) + mod.bias - out  # (..., out)
-            mask = keep[0]
-            if mask is not None and tuple(shift.shape[:-1]) == tuple(mask.shape):
-                shift = shift[mask]  # (N, out) real tokens only
-            shift = shift.reshape(-1, shift.shape[-1]).double()
-            sums[name] += shift.sum(0).cpu()
-            counts[name] += shift.shape[0]
-        return fn
+    def add(name: str, mod: QuantLinear, x: torch.Tensor, out: torch.Tensor) -> None:
+        shift = TF.linear(x, mod.weight) + mod.bias - out  # (N, out); x: the float input, before act quant
+        sums[name] += shift.double().sum(0).cpu()
+        counts[name] += shift.shape[0]
 
-    was_training = model.training
-    model.eval()
-    handles = [mod.register_forward_hook(hook(name)) for name, mod in layers.items()]
-    try:
-        for batch in batches:
-            mask = batch.get("attention_mask")
-            keep[0] = mask.bool() if mask is not None else None
-            model(**{k: v for k, v in batch.items() if k in INPUT_KEYS})
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    each_call(model, batches, layers, add)
     for name, mod in layers.items():  # applied after the pass: every shift measured on the same student
         if counts[name]:
             mod.bias.add_((sums[name] / counts[name]).to(mod.bias))

@@ -1,0 +1,114 @@
+"""GPTQ weight rounding: the identity Hessian gives round-to-nearest, the blocked Cholesky form equals the
+plain optimal-brain-quantizer recursion, the layer error drops below rounding's, and on a tiny XLM-R every
+quantized weight is re-rounded onto its own grid (train.py's method.gptq: test_bias_correction; its
+refusals: test_bad_inputs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import xlmr
+
+from sdq.calib import calibrate, gptq
+from sdq.calib.calibrate import each_call
+from sdq.calib.gptq import _grid, round_columns
+from sdq.quant import QuantConfig, QuantizerConfig, prepare
+from sdq.quant.modules import QuantLinear
+from sdq.quant.uniform import UniformQuantizer
+
+GRANULARITIES = [("channel", {}), ("group", {"group_size": 8}), ("tensor", {})]
+
+
+def quantizer(w: torch.Tensor, gran: str, bits: int = 3, **kw) -> UniformQuantizer:
+    q = UniformQuantizer(QuantizerConfig(bits=bits, granularity=gran, symmetric=False, **kw), tuple(w.shape))
+    q.calibrate_(w)
+    q.set_phase("frozen")
+    return q.eval()
+
+
+def correlated(n: int, cols: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.eye(cols) + 0.5 * torch.randn(cols, cols, generator=g)
+    return torch.randn(n, cols, generator=g) @ mix  # (n, cols) strongly correlated inputs
+
+
+def obq_reference(w: torch.Tensor, h: torch.Tensor, q: UniformQuantizer, damp: float) -> torch.Tensor:
+    """Column by column: round column i, then move its error onto the remaining columns F with the inverse
+    of H restricted to F, recomputed each step (Frantar & Alistarh 2022, eq. 3)."""
+    w, h = w.clone().double(), h.clone().double()
+    h += torch.eye(len(h), dtype=h.dtype) * damp * torch.diagonal(h).mean()
+    scale, zp, qmin, qmax = (t.double() for t in _grid(q, w.float()))
+    out = torch.empty_like(w)
+    for i in range(w.shape[1]):
+        f = list(range(i, w.shape[1]))
+        hinv = torch.linalg.inv(h[f][:, f])  # (|F|, |F|)
+        out[:, i] = (torch.round(w[:, i] / scale[:, i]) + zp[:, i]).clamp(qmin[:, i], qmax[:, i]).sub(zp[:, i]) * scale[:, i]
+        e = (w[:, i] - out[:, i]) / hinv[0, 0]  # (R,)
+        w[:, f] -= e[:, None] * hinv[0][None, :]
+    return out
+
+
+@pytest.mark.parametrize("gran,kw", GRANULARITIES)
+def test_identity_hessian_is_round_to_nearest(gran, kw):
+    w = torch.randn(6, 16, generator=torch.Generator().manual_seed(0))
+    q = quantizer(w, gran, **kw)
+    torch.testing.assert_close(round_columns(w, torch.eye(16), _grid(q, w)).float(), q(w), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("gran,kw", GRANULARITIES)
+@pytest.mark.parametrize("block", [1, 5, 128])
+def test_blocked_cholesky_form_equals_the_obq_recursion(gran, kw, block):
+    w = torch.randn(6, 16, generator=torch.Generator().manual_seed(1))
+    x = correlated(200, 16)
+    q = quantizer(w, gran, **kw)
+    got = round_columns(w, x.T @ x, _grid(q, w), damp=0.01, block=block)
+    torch.testing.assert_close(got, obq_reference(w, x.T @ x, q, 0.01), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("gran,kw", GRANULARITIES)
+def test_output_error_below_rounding_and_every_value_on_the_grid(gran, kw):
+    w = torch.randn(32, 48, generator=torch.Generator().manual_seed(2))
+    x = correlated(1000, 48, seed=3)
+    q = quantizer(w, gran, bits=4, **kw)
+    out = round_columns(w, x.T @ x, _grid(q, w)).float()
+    torch.testing.assert_close(q(out), out, rtol=0, atol=1e-6)  # codes of the same scales and zero points
+    rtn, err = ((w - q(w)) @ x.T).pow(2).mean(), ((w - out) @ x.T).pow(2).mean()
+    assert err < 0.8 * rtn
+
+
+def test_per_row_bits_are_respected():
+    w = torch.randn(4, 16, generator=torch.Generator().manual_seed(4))
+    q = quantizer(w, "channel", bits=4)
+    q.row_bits.copy_(torch.tensor([2, 4, 4, 8], dtype=torch.int8))
+    q._update_scale()
+    out = round_columns(w, correlated(300, 16).T @ correlated(300, 16), _grid(q, w)).float()
+    torch.testing.assert_close(q(out), out, rtol=0, atol=1e-6)
+    assert len(torch.unique(out[0])) <= 4 < len(torch.unique(out[3]))  # row 0 holds at most 2^2 levels
+
+
+def test_tiny_xlmr_weights_re_rounded_on_their_grid():
+    student = xlmr()
+    prepare(student, QuantConfig.from_dict({"weight": {"bits": 3, "granularity": "channel"},
+                                            "act": {"bits": 8, "symmetric": False}, "skip": ["classifier"]}))
+    data = [{"input_ids": torch.randint(3, 120, (4, 9)), "attention_mask": torch.ones(4, 9, dtype=torch.long)}
+            for _ in range(3)]
+    with pytest.raises(ValueError, match="call calibrate"):
+        gptq(student, data)
+    calibrate(student, data, len(data))
+    linears = {n: m for n, m in student.named_modules() if isinstance(m, QuantLinear)}
+    before = {n: m.weight.detach().clone() for n, m in linears.items()}
+    inputs = {n: [] for n in linears}  # what each weight multiplies: its input after the act quantizer
+    each_call(student, data, linears, lambda n, m, x, out: inputs[n].append(m.act_quantizer(x) if m.act_quantizer else x))
+    rtn = {n: m.weight_quantizer(m.weight).detach() for n, m in linears.items() if m.weight_quantizer is not None}
+    assert gptq(student, data) == 12  # 2 layers x (q, k, v, attn out, ffn in, ffn out); classifier FP
+    err = {"rtn": 0.0, "gptq": 0.0}
+    for n, m in linears.items():
+        if n not in rtn:
+            assert torch.equal(m.weight, before[n]), n
+            continue
+        assert not torch.equal(m.weight, before[n]), n
+        torch.testing.assert_close(m.weight_quantizer(m.weight), m.weight, rtol=0, atol=1e-6)
+        x = torch.cat(inputs[n])  # (N, in)
+        err["rtn"] += float(((before[n] - rtn[n]) @ x.T).pow(2).sum())
+        err["gptq"] += float(((before[n] - m.weight.detach()) @ x.T).pow(2).sum())
+    assert err["gptq"] < 0.8 * err["rtn"]  # the layers' output error on the calibration tokens
