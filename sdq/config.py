@@ -118,7 +118,11 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     if cfg.method.quantize:
         from sdq.quant import QuantConfig
 
-        QuantConfig.from_dict(quant_dict(cfg)).validate()
+        qcfg = QuantConfig.from_dict(quant_dict(cfg)).validate()
+        scheme = qcfg.weight.scheme if qcfg.weight is not None else None
+        if cfg.method.get("gptq") and scheme not in (None, "uniform", "lsq"):
+            raise SdqConfigError(f"method.gptq=true rounds weights on a uniform grid, and quant.weight.scheme="
+                                 f"{scheme!r} has none; use quant.weight.scheme=uniform (or lsq), or method.gptq=false")
     return cfg
 
 

@@ -16,7 +16,14 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, open_dict
 
-from sdq.calib import calibrate, calibration_batches, correct_bias, frequencies_for_run, gptq, prepare_datafree
+from sdq.calib import (
+    calibrate,
+    calibration_batches,
+    correct_bias,
+    frequencies_for_run,
+    gptq,
+    prepare_datafree,
+)
 from sdq.config import fingerprint, plain_config, quant_dict, resolve_config
 from sdq.data.task_config import task_from_config
 from sdq.lit.logger import finish_logger
