@@ -11,7 +11,7 @@ from tiny import xlmr
 
 from sdq.calib import calibrate, gptq
 from sdq.calib.calibrate import each_call
-from sdq.calib.gptq import _grid, round_columns
+from sdq.calib.gptq import grid_of, round_columns
 from sdq.quant import QuantConfig, QuantizerConfig, prepare
 from sdq.quant.modules import QuantLinear
 from sdq.quant.uniform import UniformQuantizer
@@ -37,7 +37,7 @@ def obq_reference(w: torch.Tensor, h: torch.Tensor, q: UniformQuantizer, damp: f
     of H restricted to F, recomputed each step (Frantar & Alistarh 2022, eq. 3)."""
     w, h = w.clone().double(), h.clone().double()
     h += torch.eye(len(h), dtype=h.dtype) * damp * torch.diagonal(h).mean()
-    scale, zp, qmin, qmax = (t.double() for t in _grid(q, w.float()))
+    scale, zp, qmin, qmax = (t.double() for t in grid_of(q, w.float()))
     out = torch.empty_like(w)
     for i in range(w.shape[1]):
         f = list(range(i, w.shape[1]))
@@ -52,7 +52,7 @@ def obq_reference(w: torch.Tensor, h: torch.Tensor, q: UniformQuantizer, damp: f
 def test_identity_hessian_is_round_to_nearest(gran, kw):
     w = torch.randn(6, 16, generator=torch.Generator().manual_seed(0))
     q = quantizer(w, gran, **kw)
-    torch.testing.assert_close(round_columns(w, torch.eye(16), _grid(q, w)).float(), q(w), rtol=0, atol=1e-6)
+    torch.testing.assert_close(round_columns(w, torch.eye(16), grid_of(q, w)).float(), q(w), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("gran,kw", GRANULARITIES)
@@ -61,7 +61,7 @@ def test_blocked_cholesky_form_equals_the_obq_recursion(gran, kw, block):
     w = torch.randn(6, 16, generator=torch.Generator().manual_seed(1))
     x = correlated(200, 16)
     q = quantizer(w, gran, **kw)
-    got = round_columns(w, x.T @ x, _grid(q, w), damp=0.01, block=block)
+    got = round_columns(w, x.T @ x, grid_of(q, w), damp=0.01, block=block)
     torch.testing.assert_close(got, obq_reference(w, x.T @ x, q, 0.01), rtol=0, atol=1e-9)
 
 
@@ -70,7 +70,7 @@ def test_output_error_below_rounding_and_every_value_on_the_grid(gran, kw):
     w = torch.randn(32, 48, generator=torch.Generator().manual_seed(2))
     x = correlated(1000, 48, seed=3)
     q = quantizer(w, gran, bits=4, **kw)
-    out = round_columns(w, x.T @ x, _grid(q, w)).float()
+    out = round_columns(w, x.T @ x, grid_of(q, w)).float()
     torch.testing.assert_close(q(out), out, rtol=0, atol=1e-6)  # codes of the same scales and zero points
     rtn, err = ((w - q(w)) @ x.T).pow(2).mean(), ((w - out) @ x.T).pow(2).mean()
     assert err < 0.8 * rtn
@@ -81,7 +81,7 @@ def test_per_row_bits_are_respected():
     q = quantizer(w, "channel", bits=4)
     q.row_bits.copy_(torch.tensor([2, 4, 4, 8], dtype=torch.int8))
     q._update_scale()
-    out = round_columns(w, correlated(300, 16).T @ correlated(300, 16), _grid(q, w)).float()
+    out = round_columns(w, correlated(300, 16).T @ correlated(300, 16), grid_of(q, w)).float()
     torch.testing.assert_close(q(out), out, rtol=0, atol=1e-6)
     assert len(torch.unique(out[0])) <= 4 < len(torch.unique(out[3]))  # row 0 holds at most 2^2 levels
 

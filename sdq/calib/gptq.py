@@ -30,7 +30,7 @@ def _eligible(mod: nn.Module) -> bool:
     return isinstance(mod, QuantLinear) and isinstance(q, UniformQuantizer) and q._enabled and not q.sign_mode
 
 
-def _grid(q: UniformQuantizer, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def grid_of(q: UniformQuantizer, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The quantizer's scale, zero point, qmin and qmax spread to every weight (each (R, C))."""
     n = q.view2d(w).shape[1]
     qmin, qmax = q.qrange()
@@ -47,7 +47,7 @@ def round_columns(w: torch.Tensor, h: torch.Tensor, grid: tuple[torch.Tensor, ..
     """GPTQ on w (R, C) with Hessian h (C, C) on the grid (scale, zp, qmin, qmax, each (R, C)): the
     dequantized weight (R, C), every value on the grid.
 
-    >>> wq = round_columns(w, x.T @ x, _grid(quantizer, w))
+    >>> wq = round_columns(w, x.T @ x, grid_of(quantizer, w))
     """
     scale, zp, qmin, qmax = grid
     w, h = w.clone().double(), h.clone().double()
@@ -94,5 +94,5 @@ def gptq(model: nn.Module, batches: Iterable[dict], damp: float = 0.01) -> int:
     each_call(model, batches, layers, add)
     for name, mod in layers.items():
         w = mod.weight.detach().cpu()
-        mod.weight.copy_(round_columns(w, hs[name], _grid(mod.weight_quantizer, w), damp))
+        mod.weight.copy_(round_columns(w, hs[name], grid_of(mod.weight_quantizer, w), damp))
     return len(layers)
