@@ -49,22 +49,22 @@ def round_columns(w: torch.Tensor, h: torch.Tensor, grid: tuple[torch.Tensor, ..
 
     >>> wq = round_columns(w, x.T @ x, grid_of(quantizer, w))
     """
-    scale, zp, qmin, qmax = grid
+    scale, zp, qmin, qmax = (t.double() for t in grid)  # each (R, C)
     w, h = w.clone().double(), h.clone().double()
     cols = w.shape[1]
     dead = torch.diagonal(h) == 0  # inputs never seen: nothing to compensate with or for
     h[dead, dead] = 1.0
-    h += torch.eye(cols, dtype=h.dtype) * damp * torch.diagonal(h).mean()
+    h += torch.eye(cols, dtype=h.dtype, device=h.device) * damp * torch.diagonal(h).mean()
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # (C, C)
     out = torch.empty_like(w)
 
     def quant(col: torch.Tensor, j: int) -> torch.Tensor:  # (R,) -> on the grid of column j
-        s, z = scale[:, j].double(), zp[:, j].double()
-        return (torch.round(col * (1.0 / s)) + z).clamp(qmin[:, j].double(), qmax[:, j].double()).sub(z).mul(s)
+        s, z = scale[:, j], zp[:, j]
+        return (torch.round(col * (1.0 / s)) + z).clamp(qmin[:, j], qmax[:, j]).sub(z).mul(s)
 
     for a in range(0, cols, block):
         b = min(a + block, cols)
-        w1, err = w[:, a:b].clone(), torch.zeros(w.shape[0], b - a, dtype=w.dtype)  # (R, k)
+        w1, err = w[:, a:b].clone(), w.new_zeros(w.shape[0], b - a)  # (R, k)
         h1 = hinv[a:b, a:b]
         for i in range(b - a):
             q = quant(w1[:, i], a + i)
@@ -82,9 +82,9 @@ def gptq(model: nn.Module, batches: Iterable[dict], damp: float = 0.01) -> int:
     tokens excluded), after :func:`calibrate`; returns how many weights changed. ``damp``: the fraction of
     the mean diagonal added to ``H``."""
     layers = {name: mod for name, mod in model.named_modules() if _eligible(mod)}
-    hs = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in layers.items()}
     if any(q._phase == 0 for m in layers.values() for q in (m.weight_quantizer, m.act_quantizer) if q is not None):
         raise ValueError("gptq: the quantizers are still calibrating; call calibrate(model, batches, n) first")
+    hs = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in layers.items()}
 
     def add(name: str, mod: QuantLinear, x: torch.Tensor, out: torch.Tensor) -> None:
         x = x.float()  # (N, in): the float input
