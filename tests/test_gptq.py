@@ -112,3 +112,20 @@ def test_tiny_xlmr_weights_re_rounded_on_their_grid():
         err["rtn"] += float(((before[n] - rtn[n]) @ x.T).pow(2).sum())
         err["gptq"] += float(((before[n] - m.weight.detach()) @ x.T).pow(2).sum())
     assert err["gptq"] < 0.8 * err["rtn"]  # the layers' output error on the calibration tokens
+
+
+def test_weights_off_a_uniform_grid_keep_their_rounding_and_are_named(caplog):
+    student = xlmr()
+    prepare(student, QuantConfig.from_dict({"weight": {"bits": 4, "granularity": "channel"}, "act": None,
+                                            "skip": ["classifier"],
+                                            "overrides": {r"intermediate\.dense": {"scheme": "kmeans"}}}))
+    data = [{"input_ids": torch.randint(3, 120, (4, 9)), "attention_mask": torch.ones(4, 9, dtype=torch.long)}
+            for _ in range(2)]
+    calibrate(student, data, len(data))
+    fc1 = {n: m.weight.detach().clone() for n, m in student.named_modules() if n.endswith("intermediate.dense")}
+    with caplog.at_level("WARNING", logger="sdq.calib.gptq"):
+        assert gptq(student, data) == 10  # 12 quantized Linears, the 2 k-means fc1 weights left alone
+    assert "2 quantized Linear weights not on a uniform grid keep their rounding" in caplog.text
+    assert all(n in caplog.text for n in fc1)
+    modules = dict(student.named_modules())
+    assert all(torch.equal(modules[n].weight, w) for n, w in fc1.items())

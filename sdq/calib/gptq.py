@@ -15,6 +15,7 @@ at 8 bits the inputs barely change when the layers below are re-rounded.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import torch
@@ -23,6 +24,8 @@ from torch import nn
 from sdq.calib.calibrate import each_call
 from sdq.quant.modules import QuantLinear
 from sdq.quant.uniform import UniformQuantizer
+
+log = logging.getLogger(__name__)
 
 
 def _eligible(mod: nn.Module) -> bool:
@@ -80,8 +83,14 @@ def round_columns(w: torch.Tensor, h: torch.Tensor, grid: tuple[torch.Tensor, ..
 def gptq(model: nn.Module, batches: Iterable[dict], damp: float = 0.01) -> int:
     """Re-round the weight of every quantized Linear (uniform grids) with GPTQ on ``batches`` (padding
     tokens excluded), after :func:`calibrate`; returns how many weights changed. ``damp``: the fraction of
-    the mean diagonal added to ``H``."""
+    the mean diagonal added to ``H``. Quantized Linears off a uniform grid (k-means or binary codes through a
+    ``quant.overrides`` entry, 1-bit sign weights) keep their rounding; a warning names them."""
     layers = {name: mod for name, mod in model.named_modules() if _eligible(mod)}
+    kept = [name for name, mod in model.named_modules() if isinstance(mod, QuantLinear) and name not in layers
+            and mod.weight_quantizer is not None and mod.weight_quantizer._enabled]
+    if kept:
+        log.warning("gptq: %d quantized Linear weights not on a uniform grid keep their rounding: %s%s",
+                    len(kept), ", ".join(kept[:4]), ", ..." if len(kept) > 4 else "")
     if any(q._phase == 0 for m in layers.values() for q in (m.weight_quantizer, m.act_quantizer) if q is not None):
         raise ValueError("gptq: the quantizers are still calibrating; call calibrate(model, batches, n) first")
     hs = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in layers.items()}
