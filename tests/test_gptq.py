@@ -129,3 +129,20 @@ def test_weights_off_a_uniform_grid_keep_their_rounding_and_are_named(caplog):
     assert all(n in caplog.text for n in fc1)
     modules = dict(student.named_modules())
     assert all(torch.equal(modules[n].weight, w) for n, w in fc1.items())
+
+
+def test_lsq_student_before_qat_starts_on_its_learned_grid():
+    """GPTQ as QAT's starting point (method=sdq method.gptq=true): LSQ steps stay, weights land on them."""
+    student = xlmr()
+    prepare(student, QuantConfig.from_dict({"weight": {"bits": 2, "scheme": "lsq", "granularity": "group",
+                                                       "group_size": 16}, "act": {"bits": 8}, "skip": ["classifier"]}))
+    data = [{"input_ids": torch.randint(3, 120, (4, 9)), "attention_mask": torch.ones(4, 9, dtype=torch.long)}
+            for _ in range(2)]
+    calibrate(student, data, len(data), learn=True)
+    linears = {n: m for n, m in student.named_modules() if isinstance(m, QuantLinear) and m.weight_quantizer}
+    steps = {n: m.weight_quantizer.scale.detach().clone() for n, m in linears.items()}
+    assert all(isinstance(m.weight_quantizer.scale, torch.nn.Parameter) for m in linears.values())
+    assert gptq(student, data) == 12
+    for n, m in linears.items():
+        assert torch.equal(m.weight_quantizer.scale, steps[n]), n
+        torch.testing.assert_close(m.weight_quantizer(m.weight), m.weight, rtol=0, atol=1e-6)
