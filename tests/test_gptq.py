@@ -5,6 +5,8 @@ refusals: test_bad_inputs)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from tiny import xlmr
@@ -14,6 +16,7 @@ from sdq.calib.calibrate import each_call
 from sdq.calib.gptq import grid_of, round_columns
 from sdq.quant import QuantConfig, QuantizerConfig, prepare
 from sdq.quant.modules import QuantLinear
+from sdq.quant.prepare import set_phase
 from sdq.quant.uniform import UniformQuantizer
 
 GRANULARITIES = [("channel", {}), ("group", {"group_size": 8}), ("tensor", {})]
@@ -131,18 +134,37 @@ def test_weights_off_a_uniform_grid_keep_their_rounding_and_are_named(caplog):
     assert all(torch.equal(modules[n].weight, w) for n, w in fc1.items())
 
 
-def test_lsq_student_before_qat_starts_on_its_learned_grid():
-    """GPTQ as QAT's starting point (method=sdq method.gptq=true): LSQ steps stay, weights land on them."""
+@pytest.mark.parametrize("gran,kw", GRANULARITIES)
+def test_latent_columns_round_to_the_gptq_codes(gran, kw):
+    w = torch.randn(6, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    q = quantizer(w.float(), gran, bits=2, **kw)
+    grid = grid_of(q, w.float())
+    x = correlated(400, 32).double()
+    rounded = round_columns(w, x.T @ x, grid)
+    latent = round_columns(w, x.T @ x, grid, latent=True)
+    scale, zp, qmin, qmax = (t.double() for t in grid)
+    torch.testing.assert_close(((latent / scale).round() + zp).clamp(qmin, qmax).sub(zp).mul(scale), rounded,
+                               rtol=0, atol=1e-12)
+    assert (latent - rounded).abs().max() > 0.1 * scale.min()  # off the grid points: QAT's sub-step position
+
+
+def test_lsq_student_before_qat_starts_from_latent_weights_with_gptq_codes():
+    """GPTQ as QAT's starting point (method=sdq method.gptq=true): LSQ steps stay; the weights keep their
+    latent positions and fake-quantize to what a frozen (PTQ) student's GPTQ puts on the grid."""
     student = xlmr()
     prepare(student, QuantConfig.from_dict({"weight": {"bits": 2, "scheme": "lsq", "granularity": "group",
                                                        "group_size": 16}, "act": {"bits": 8}, "skip": ["classifier"]}))
     data = [{"input_ids": torch.randint(3, 120, (4, 9)), "attention_mask": torch.ones(4, 9, dtype=torch.long)}
             for _ in range(2)]
     calibrate(student, data, len(data), learn=True)
+    frozen = copy.deepcopy(student)
+    set_phase(frozen, "frozen")
     linears = {n: m for n, m in student.named_modules() if isinstance(m, QuantLinear) and m.weight_quantizer}
     steps = {n: m.weight_quantizer.scale.detach().clone() for n, m in linears.items()}
     assert all(isinstance(m.weight_quantizer.scale, torch.nn.Parameter) for m in linears.values())
-    assert gptq(student, data) == 12
+    assert gptq(student, data) == gptq(frozen, data) == 12
+    on_grid = dict(frozen.named_modules())
     for n, m in linears.items():
         assert torch.equal(m.weight_quantizer.scale, steps[n]), n
-        torch.testing.assert_close(m.weight_quantizer(m.weight), m.weight, rtol=0, atol=1e-6)
+        assert not torch.equal(m.weight, on_grid[n].weight), n
+        torch.testing.assert_close(m.weight_quantizer(m.weight), on_grid[n].weight, rtol=0, atol=1e-6)

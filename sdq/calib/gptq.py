@@ -46,9 +46,11 @@ def grid_of(q: UniformQuantizer, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def round_columns(w: torch.Tensor, h: torch.Tensor, grid: tuple[torch.Tensor, ...], damp: float = 0.01,
-                  block: int = 128) -> torch.Tensor:
+                  block: int = 128, latent: bool = False) -> torch.Tensor:
     """GPTQ on w (R, C) with Hessian h (C, C) on the grid (scale, zp, qmin, qmax, each (R, C)): the
-    dequantized weight (R, C), every value on the grid.
+    dequantized weight (R, C), every value on the grid. With ``latent``: each column as it was when it was
+    rounded (the error of the columns before it folded in), which rounds to the same codes but keeps where
+    each weight sits between two grid points, for QAT to go on from.
 
     >>> wq = round_columns(w, x.T @ x, grid_of(quantizer, w))
     """
@@ -71,7 +73,7 @@ def round_columns(w: torch.Tensor, h: torch.Tensor, grid: tuple[torch.Tensor, ..
         h1 = hinv[a:b, a:b]
         for i in range(b - a):
             q = quant(w1[:, i], a + i)
-            out[:, a + i] = q
+            out[:, a + i] = w1[:, i] if latent else q
             e = (w1[:, i] - q) / h1[i, i]  # (R,)
             w1[:, i:] -= e[:, None] * h1[i, i:][None, :]
             err[:, i] = e
@@ -84,7 +86,11 @@ def gptq(model: nn.Module, batches: Iterable[dict], damp: float = 0.01) -> int:
     """Re-round the weight of every quantized Linear (uniform grids) with GPTQ on ``batches`` (padding
     tokens excluded), after :func:`calibrate`; returns how many weights changed. ``damp``: the fraction of
     the mean diagonal added to ``H``. Quantized Linears off a uniform grid (k-means or binary codes through a
-    ``quant.overrides`` entry, 1-bit sign weights) keep their rounding; a warning names them."""
+    ``quant.overrides`` entry, 1-bit sign weights) keep their rounding; a warning names them.
+
+    Before QAT (quantizers in their ``learn`` phase) each weight keeps its latent position between grid
+    points (:func:`round_columns` ``latent``), which rounds to GPTQ's codes; weights set onto the grid points
+    themselves give QAT no sub-step signal (and LSQ's step gradient vanishes on them)."""
     layers = {name: mod for name, mod in model.named_modules() if _eligible(mod)}
     kept = [name for name, mod in model.named_modules() if isinstance(mod, QuantLinear) and name not in layers
             and mod.weight_quantizer is not None and mod.weight_quantizer._enabled]
@@ -103,5 +109,6 @@ def gptq(model: nn.Module, batches: Iterable[dict], damp: float = 0.01) -> int:
     each_call(model, batches, layers, add)
     for name, mod in layers.items():
         w = mod.weight.detach().cpu()
-        mod.weight.copy_(round_columns(w, hs[name], grid_of(mod.weight_quantizer, w), damp))
+        latent = mod.weight_quantizer.phase_name == "learn"
+        mod.weight.copy_(round_columns(w, hs[name], grid_of(mod.weight_quantizer, w), damp, latent=latent))
     return len(layers)
