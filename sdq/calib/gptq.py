@@ -92,13 +92,13 @@ def gptq(model: nn.Module, batches: Iterable[dict], damp: float = 0.01) -> int:
     points (:func:`round_columns` ``latent``), which rounds to GPTQ's codes; weights set onto the grid points
     themselves give QAT no sub-step signal (and LSQ's step gradient vanishes on them)."""
     layers = {name: mod for name, mod in model.named_modules() if _eligible(mod)}
+    if any(q._phase == 0 for m in layers.values() for q in (m.weight_quantizer, m.act_quantizer) if q is not None):
+        raise ValueError("gptq: the quantizers are still calibrating; call calibrate(model, batches, n) first")
     kept = [name for name, mod in model.named_modules() if isinstance(mod, QuantLinear) and name not in layers
             and mod.weight_quantizer is not None and mod.weight_quantizer._enabled]
     if kept:
         log.warning("gptq: %d quantized Linear weights not on a uniform grid keep their rounding: %s%s",
                     len(kept), ", ".join(kept[:4]), ", ..." if len(kept) > 4 else "")
-    if any(q._phase == 0 for m in layers.values() for q in (m.weight_quantizer, m.act_quantizer) if q is not None):
-        raise ValueError("gptq: the quantizers are still calibrating; call calibrate(model, batches, n) first")
     hs = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in layers.items()}
 
     def add(name: str, mod: QuantLinear, x: torch.Tensor, out: torch.Tensor) -> None:
