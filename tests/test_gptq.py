@@ -35,6 +35,12 @@ def correlated(n: int, cols: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, cols, generator=g) @ mix  # (n, cols) strongly correlated inputs
 
 
+def token_batches(n: int) -> list[dict]:
+    """n batches of 4 random 9-token sequences for the tiny XLM-R, no padding."""
+    return [{"input_ids": torch.randint(3, 120, (4, 9)), "attention_mask": torch.ones(4, 9, dtype=torch.long)}
+            for _ in range(n)]
+
+
 def obq_reference(w: torch.Tensor, h: torch.Tensor, q: UniformQuantizer, damp: float) -> torch.Tensor:
     """Column by column: round column i, then move its error onto the remaining columns F with the inverse
     of H restricted to F, recomputed each step (Frantar & Alistarh 2022, eq. 3)."""
@@ -93,8 +99,7 @@ def test_tiny_xlmr_weights_re_rounded_on_their_grid():
     student = xlmr()
     prepare(student, QuantConfig.from_dict({"weight": {"bits": 3, "granularity": "channel"},
                                             "act": {"bits": 8, "symmetric": False}, "skip": ["classifier"]}))
-    data = [{"input_ids": torch.randint(3, 120, (4, 9)), "attention_mask": torch.ones(4, 9, dtype=torch.long)}
-            for _ in range(3)]
+    data = token_batches(3)
     with pytest.raises(ValueError, match="call calibrate"):
         gptq(student, data)
     calibrate(student, data, len(data))
@@ -122,8 +127,7 @@ def test_weights_off_a_uniform_grid_keep_their_rounding_and_are_named(caplog):
     prepare(student, QuantConfig.from_dict({"weight": {"bits": 4, "granularity": "channel"}, "act": None,
                                             "skip": ["classifier"],
                                             "overrides": {r"intermediate\.dense": {"scheme": "kmeans"}}}))
-    data = [{"input_ids": torch.randint(3, 120, (4, 9)), "attention_mask": torch.ones(4, 9, dtype=torch.long)}
-            for _ in range(2)]
+    data = token_batches(2)
     calibrate(student, data, len(data))
     fc1 = {n: m.weight.detach().clone() for n, m in student.named_modules() if n.endswith("intermediate.dense")}
     with caplog.at_level("WARNING", logger="sdq.calib.gptq"):
@@ -154,8 +158,7 @@ def test_lsq_student_before_qat_starts_from_latent_weights_with_gptq_codes():
     student = xlmr()
     prepare(student, QuantConfig.from_dict({"weight": {"bits": 2, "scheme": "lsq", "granularity": "group",
                                                        "group_size": 16}, "act": {"bits": 8}, "skip": ["classifier"]}))
-    data = [{"input_ids": torch.randint(3, 120, (4, 9)), "attention_mask": torch.ones(4, 9, dtype=torch.long)}
-            for _ in range(2)]
+    data = token_batches(2)
     calibrate(student, data, len(data), learn=True)
     frozen = copy.deepcopy(student)
     set_phase(frozen, "frozen")
