@@ -107,10 +107,13 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     unl = UnlabeledSpec.from_config(plain(cfg.get("unlabeled")))
     n_unl = cfg.method.get("calibrate_unlabeled") if unl.enabled else 0  # ignored without a source
     has_batches = bool(cfg.method.get("calibrate_batches") or cfg.method.get("calibrate_multilingual") or n_unl)
-    for key in ("gptq", "bias_correction"):  # steps measured on the calibration batches
+    for key in ("gptq", "gptq_teacher", "bias_correction"):  # steps measured on the calibration batches
         on = cfg.method.get(key, False)
         if not isinstance(on, bool):
             raise SdqConfigError(f"method.{key}={on!r} must be true or false")
+        if key == "gptq_teacher" and on and not cfg.method.get("gptq"):
+            raise SdqConfigError("method.gptq_teacher=true sets how GPTQ rounds, and method.gptq=false; "
+                                 "set method.gptq=true as well, or method.gptq_teacher=false")
         if on and cfg.method.quantize and not has_batches:
             raise SdqConfigError(f"method.{key}=true measures on the calibration batches, and this run has "
                                  "none; set method.calibrate_batches=16 (or calibrate_multilingual, or "

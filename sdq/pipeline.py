@@ -22,6 +22,7 @@ from sdq.calib import (
     correct_bias,
     frequencies_for_run,
     gptq,
+    gptq_teacher,
     prepare_datafree,
 )
 from sdq.config import fingerprint, plain_config, quant_dict, resolve_config
@@ -122,8 +123,12 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
                                           int(cfg.seed))
             calibrate(student, batches, len(batches), learn=bool(method.train))
             if method.get("gptq"):
-                log.info("gptq: %d quantized Linear weights re-rounded on %d calibration batches",
-                         gptq(student, batches), len(batches))
+                if method.get("gptq_teacher"):  # layer by layer, towards the teacher's outputs
+                    log.info("gptq: %d quantized Linear weights re-rounded on %d calibration batches, towards "
+                             "the teacher's outputs", gptq_teacher(student, teacher, batches), len(batches))
+                else:
+                    log.info("gptq: %d quantized Linear weights re-rounded on %d calibration batches",
+                             gptq(student, batches), len(batches))
             if method.get("bias_correction"):
                 log.info("bias correction: %d quantized Linear biases corrected on %d calibration batches",
                          correct_bias(student, batches), len(batches))

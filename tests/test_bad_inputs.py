@@ -118,6 +118,8 @@ def run_guarded(files, overrides: list[str], run_dir: Path, capsys, root: Path |
      ["method.gptq=true", "method.calibrate_batches=16"]),
     (["method=ptq", "method.gptq=true", "method.calibrate_batches=1", "quant=kmeans4"],
      ["method.gptq=true", "scheme='kmeans'", "method.gptq=false"]),
+    (["method=ptq", "method.gptq_teacher=true"], ["method.gptq_teacher=true", "method.gptq=true as well"]),
+    (["method=ptq", "method.gptq=true", "method.gptq_teacher=2"], ["method.gptq_teacher=2", "true or false"]),
     (["+quant.weight.kmeans_weighting=act"], ["kmeans_weighting='act'", "scheme=kmeans"]),
     (["method.loss.ce=-1"], ["ce=-1 is negative", "config: method.loss"]),  # inside instantiate
     (["method.loss.hidden=abc"], ["hidden='abc' is not a number", "config: method.loss"]),
@@ -125,7 +127,8 @@ def run_guarded(files, overrides: list[str], run_dir: Path, capsys, root: Path |
 ], ids=["bits9", "bits33", "group_size", "language", "method", "task", "teacher_shape", "ckpt_missing", "no_data",
         "student_dropout", "calibrate_multilingual", "calibrate_unlabeled",
         "bias_correction_type", "bias_correction_no_batches",
-        "bias_correction_no_pool", "gptq_type", "gptq_no_batches", "gptq_kmeans", "kmeans_weighting", "loss_weight", "loss_weight_text", "batch_size"])
+        "bias_correction_no_pool", "gptq_type", "gptq_no_batches", "gptq_kmeans", "gptq_teacher_alone",
+        "gptq_teacher_type", "kmeans_weighting", "loss_weight", "loss_weight_text", "batch_size"])
 def test_config_bad_input(files, tmp_path: Path, capsys, overrides: list[str], needles: list[str]) -> None:
     code, err = run_guarded(files, [o.format(**files) for o in overrides], tmp_path / "run", capsys)
     assert_clean(err, code, tmp_path / "run", *needles)

@@ -4,6 +4,7 @@ run through train.py (its refusals are in test_bad_inputs)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,7 +84,8 @@ def test_float_and_unquantized_linears_are_left_alone():
 def test_tiny_ptq_with_bias_correction_or_gptq(tmp_path):
     """train.py method=ptq method.bias_correction=true: only the encoder's Linear biases differ from the same run
     without it (weights, ranges, classifier equal), and the log says how many were corrected; method.gptq=true:
-    only the encoder's Linear weights differ (sdq/calib/gptq.py; its maths: test_gptq)."""
+    only the encoder's Linear weights differ (sdq/calib/gptq.py; its maths: test_gptq), and with
+    method.gptq_teacher=true they differ again."""
     from sdq.data.synthetic import write_fixture
 
     root = write_fixture(tmp_path / "xglue", tasks=["xnli"], n=12)
@@ -91,7 +93,8 @@ def test_tiny_ptq_with_bias_correction_or_gptq(tmp_path):
             "data.batch_size=4", "data.eval_batch_size=8", "trainer.enable_progress_bar=false", "logger=none",
             "diagnostics.layer_errors=false", "method=ptq", "method.calibrate_batches=2", "quant=w4a8"]
     states = {}
-    for name, extra in (("off", []), ("on", ["method.bias_correction=true"]), ("gptq", ["method.gptq=true"])):
+    for name, extra in (("off", []), ("on", ["method.bias_correction=true"]), ("gptq", ["method.gptq=true"]),
+                        ("teacher", ["method.gptq=true", "method.gptq_teacher=true"])):
         proc = subprocess.run([*base, *extra, f"hydra.run.dir={tmp_path / name}"], cwd=REPO, capture_output=True,
                               text=True, timeout=600, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -105,3 +108,7 @@ def test_tiny_ptq_with_bias_correction_or_gptq(tmp_path):
     assert "gptq: 12 quantized Linear weights re-rounded" in (tmp_path / "gptq" / "train.log").read_text()
     moved = {k for k in states["gptq"] if not torch.equal(states["gptq"][k], states["off"][k])}
     assert len(moved) == 12 and all(k.endswith(".weight") and ".encoder.layer." in k for k in moved)  # not the classifier
+    log = (tmp_path / "teacher" / "train.log").read_text()
+    assert re.search(r"gptq: 12 quantized Linear weights re-rounded on \d+ calibration batches, towards the teacher's", log)
+    moved = {k for k in states["teacher"] if not torch.equal(states["teacher"][k], states["gptq"][k])}
+    assert len(moved) == 12 and all(k.endswith(".weight") and ".encoder.layer." in k for k in moved)

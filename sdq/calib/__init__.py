@@ -2,6 +2,7 @@
 
 - :func:`calibrate`: observers of a prepared model see batches, no gradient step;
 - :func:`gptq`: each quantized Linear's weight re-rounded column by column (GPTQ) on calibration batches;
+- :func:`gptq_teacher`: the same, layer by layer in call order, towards the FP teacher's outputs;
 - :func:`correct_bias`: each quantized Linear's bias absorbs the mean output shift of its quantization;
 - :mod:`sdq.calib.datafree`: multilingual pseudo-sentences from the tokenizer's unigram model, calibration
   batches, data-free PTQ (:func:`prepare_datafree`);
@@ -18,6 +19,7 @@ from sdq.calib.calibrate import calibrate
 from sdq.calib.datafree import calibration_batches, datafree_batches, prepare_datafree
 from sdq.calib.frequencies import frequencies_for_run
 from sdq.calib.gptq import gptq
+from sdq.calib.gptq_teacher import gptq_teacher
 from sdq.calib.sensitivity import budget_skip, kind_sensitivity, layer_sensitivity, write_sensitivity
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "datafree_batches",
     "frequencies_for_run",
     "gptq",
+    "gptq_teacher",
     "kind_sensitivity",
     "layer_sensitivity",
     "prepare_datafree",

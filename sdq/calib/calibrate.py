@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -15,6 +16,10 @@ from torch import nn
 from sdq.quant.prepare import set_phase
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class _Done(Exception):
+    """Raised from a hook to end a forward pass early (:func:`each_call` ``stop``)."""
 
 
 @torch.no_grad()
@@ -31,13 +36,19 @@ def calibrate(model: nn.Module, loader: Iterable[dict], n_batches: int, learn: b
     model.train(was_training)
 
 
-@torch.no_grad()
-def each_call(model: nn.Module, batches: Iterable[dict], layers: dict[str, nn.Module],
-              fn: Callable[[str, nn.Module, torch.Tensor, torch.Tensor], None]) -> None:
-    """Run ``model`` (eval mode) over ``batches``; after each call of a module of ``layers`` (name -> module),
-    ``fn(name, module, x, out)`` with its input x (N, in) and output out (N, out) on real tokens only (rows
-    of padding excluded where the leading dims are the batch's (B, T))."""
-    keep: list[torch.Tensor | None] = [None]  # this batch's real tokens (B, T) bool
+@contextmanager
+def watching(layers: dict[str, nn.Module], fn: Callable[[str, nn.Module, torch.Tensor, torch.Tensor], None],
+             stop: bool = False) -> Iterator[Callable[[torch.Tensor | None, Callable[[], object]], None]]:
+    """Hooks on ``layers`` (name -> module) for the time of the block; yields ``run(mask, forward)``, which
+    calls ``forward()`` and, after each call of one of the layers, ``fn(name, module, x, out)`` with its input
+    x (N, in) and output out (N, out) on the real tokens ``mask`` (B, T) only (rows of padding excluded where
+    the leading dims are (B, T)). With ``stop`` the forward ends once every layer has been called.
+
+    >>> with watching({"fc": model.fc}, lambda name, mod, x, out: print(x.shape)) as run:
+    ...     run(batch["attention_mask"], lambda: model(**batch))
+    """
+    keep: list[torch.Tensor | None] = [None]  # this forward's real tokens (B, T) bool
+    seen: set[str] = set()
 
     def rows(t: torch.Tensor) -> torch.Tensor:  # (..., d) -> (N, d)
         mask = keep[0]
@@ -46,17 +57,46 @@ def each_call(model: nn.Module, batches: Iterable[dict], layers: dict[str, nn.Mo
         return t.reshape(-1, t.shape[-1])
 
     def hook(name: str):
-        return lambda mod, inputs, out: fn(name, mod, rows(inputs[0]), rows(out))
+        def call(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+            fn(name, mod, rows(inputs[0]), rows(out))
+            seen.add(name)
+            if stop and len(seen) == len(layers):
+                raise _Done
+        return call
 
-    was_training = model.training
-    model.eval()
+    def run(mask: torch.Tensor | None, forward: Callable[[], object]) -> None:
+        keep[0] = mask.bool() if mask is not None else None
+        seen.clear()
+        try:
+            forward()
+        except _Done:
+            pass
+
     handles = [mod.register_forward_hook(hook(name)) for name, mod in layers.items()]
     try:
-        for batch in batches:
-            mask = batch.get("attention_mask")
-            keep[0] = mask.bool() if mask is not None else None
-            model(**{k: v for k, v in batch.items() if k in INPUT_KEYS})
+        yield run
     finally:
         for h in handles:
             h.remove()
+
+
+@torch.no_grad()
+def each_call(model: nn.Module, batches: Iterable[dict], layers: dict[str, nn.Module],
+              fn: Callable[[str, nn.Module, torch.Tensor, torch.Tensor], None], stop: bool = False) -> None:
+    """Run ``model`` (eval mode) over ``batches``; after each call of a module of ``layers`` (name -> module),
+    ``fn(name, module, x, out)`` with its input x (N, in) and output out (N, out) on real tokens only (rows
+    of padding excluded where the leading dims are the batch's (B, T)). With ``stop``, each forward pass ends
+    once every module of ``layers`` has been called (what comes after them is not computed)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with watching(layers, fn, stop) as run:
+            for batch in batches:
+                run(batch.get("attention_mask"), lambda b=batch: model(**inputs_of(b)))
+    finally:
         model.train(was_training)
+
+
+def inputs_of(batch: dict) -> dict:
+    """The model inputs of a batch (no labels or language tags)."""
+    return {k: v for k, v in batch.items() if k in INPUT_KEYS}

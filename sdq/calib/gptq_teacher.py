@@ -1,0 +1,143 @@
+"""GPTQ towards the teacher (asymmetric calibration, as GPTAQ, Li et al. 2025): the quantized Linears are
+rounded in the order the forward pass calls them, each measured on the student whose layers below are
+already rounded, and each aims at the FP teacher's output of that layer rather than at its own float
+output: ``min ||X_t W^T - X_q Q^T||`` over codes Q, where X_t is the teacher's input to the layer and X_q the
+student's (after its activation quantizer), on the same tokens. With ``H = X_q^T X_q`` and
+``G = X_t^T X_q`` that is GPTQ on ``W* = W + W (G - H) H^-1`` (:func:`sdq.calib.gptq.towards`): the error
+that the layers below and the activation quantizers carry in, as far as it is linear in X_q, is taken
+out at every layer.
+
+The encoder's blocks run one at a time on cached inputs (:mod:`sdq.calib.replay`), so the whole sweep
+costs about one forward pass of student and teacher per block, not one per layer; layers outside the
+blocks (or a model whose blocks cannot be replayed) take one full forward pass per group of layers.
+
+>>> calibrate(student, batches, len(batches))             # activation ranges first
+>>> n = gptq_teacher(student, teacher, batches)           # teacher: the FP model the student was copied from
+>>> n = correct_bias(student, batches)                    # bias correction after, on the final weights
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from sdq.calib.calibrate import each_call, inputs_of, watching
+from sdq.calib.gptq import round_layer, targets, what_it_multiplies
+from sdq.calib.replay import Caught, Stack
+from sdq.quant.modules import QuantLinear
+
+Run = tuple[torch.Tensor | None, Callable[[], object], Callable[[], object]]  # (mask, student fwd, teacher fwd)
+
+
+def call_order(model: nn.Module, batch: dict, names: list[str]) -> list[list[str]]:
+    """The modules ``names`` of ``model`` in the order one forward pass on ``batch`` calls them, those
+    called on the same input tensor in one group (e.g. a layer's query, key and value):
+    ``[["l0.query", "l0.key", "l0.value"], ["l0.out"], ...]``; modules not called come last, one each."""
+    mods, calls = dict(model.named_modules()), []  # calls: (name, its input), the inputs kept alive
+
+    def hook(name: str):
+        return lambda mod, inputs, out: calls.append((name, inputs[0]))
+
+    handles = [mods[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        each_call(model, [batch], {}, lambda *a: None)
+    finally:
+        for h in handles:
+            h.remove()
+    groups: list[list[str]] = []
+    last = None
+    for name, x in calls:
+        if any(name in g for g in groups):
+            continue  # a module called twice: its first call fixes its place
+        if groups and x is last:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+        last = x
+    return groups + [[n] for n in names if not any(n in g for g in groups)]
+
+
+def _grams(layers: dict[str, QuantLinear], t_layers: dict[str, nn.Module], runs: Iterable[Run]):
+    """``H = X_q^T X_q`` and ``G = X_t^T X_q`` (each (in, in)) of each layer over ``runs``: the teacher's input
+    to the same-named layer against the student's, on the same tokens; each forward stops after the layers."""
+    hs = {n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for n, m in layers.items()}
+    gs = {n: torch.zeros_like(h) for n, h in hs.items()}
+    xt: dict[str, torch.Tensor] = {}
+
+    def pair(name: str, mod: QuantLinear, x: torch.Tensor, out: torch.Tensor) -> None:
+        xq = what_it_multiplies(mod, x)  # (N, in), the same tokens as xt[name]
+        hs[name] += (xq.T @ xq).double().cpu()
+        gs[name] += (xt[name].T @ xq).double().cpu()
+
+    def keep(name: str, mod: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+        xt[name] = x.float()  # (N, in)
+
+    with watching(t_layers, keep, stop=True) as t_run, watching(layers, pair, stop=True) as s_run:
+        for mask, student, teacher in runs:
+            t_run(mask, teacher)
+            s_run(mask, student)
+    return hs, gs
+
+
+@torch.no_grad()
+def gptq_teacher(model: nn.Module, teacher: nn.Module, batches: Iterable[dict], damp: float = 0.01) -> int:
+    """Re-round every quantized Linear of ``model`` (:func:`sdq.calib.gptq.targets`) with GPTQ towards the
+    teacher's output of it, in call order, on ``batches`` (padding tokens excluded); returns how many
+    weights changed. ``teacher``: the FP model ``model`` was copied from (the same module names)."""
+    batches, layers = list(batches), targets(model)
+    t_mods = dict(teacher.named_modules())
+    if missing := [n for n in layers if not isinstance(t_mods.get(n), nn.Linear)]:
+        raise ValueError(f"gptq: the teacher has no Linear {missing[0]!r}; pass the model the student was copied from")
+    if not batches or not layers:
+        return 0
+    was = model.training, teacher.training
+    model.eval(), teacher.eval()
+
+    def round_group(group: list[str], runs: Iterable[Run]) -> None:
+        hs, gs = _grams({n: layers[n] for n in group}, {n: t_mods[n] for n in group}, runs)
+        for name in group:
+            round_layer(layers[name], hs[name], damp, gs[name])
+
+    def full_passes() -> list[Run]:
+        return [(b.get("attention_mask"), lambda b=b: model(**inputs_of(b)), lambda b=b: teacher(**inputs_of(b)))
+                for b in batches]
+
+    try:
+        groups = call_order(model, batches[0], list(layers))
+        stack = Stack.find(model, layers)
+        in_block = [stack.block_of(g[0]) if stack and len({stack.block_of(n) for n in g}) == 1 else None
+                    for g in groups]
+        first = next((k for k, i in enumerate(in_block) if i is not None), len(groups))
+        for group in groups[:first]:  # layers the forward calls before the blocks
+            round_group(group, full_passes())
+        done = set(range(first))
+        if first < len(groups):  # then the blocks, replayed where they can be
+            caught = stack.catch(model, batches), stack.catch(teacher, batches)
+            if all(c is not None for c in caught):
+                done |= _blocks(caught, groups, in_block, round_group)
+        for k, group in enumerate(groups):  # after the blocks, or everything where they cannot be replayed
+            if k not in done:
+                round_group(group, full_passes())
+    finally:
+        model.train(was[0]), teacher.train(was[1])
+    return len(layers)
+
+
+def _blocks(caught: tuple[Caught, Caught], groups: list[list[str]], in_block: list[int | None],
+            round_group: Callable[[list[str], Iterable[Run]], None]) -> set[int]:
+    """Each block's groups in order on the cached inputs, then the block's outputs become the next inputs;
+    returns the indices of the groups done."""
+    student, teacher = caught
+    done = set()
+    for i in range(len(student.blocks)):
+        for k, group in enumerate(groups):
+            if in_block[k] == i:
+                round_group(group, [(student.masks[b], lambda b=b, i=i: student.run(i, b),
+                                     lambda b=b, i=i: teacher.run(i, b))
+                                    for b in range(len(student.hidden))])
+                done.add(k)
+        if i + 1 < len(student.blocks):
+            student.advance(i), teacher.advance(i)
+    return done
