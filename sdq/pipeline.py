@@ -123,13 +123,15 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
                                           int(cfg.seed))
             calibrate(student, batches, len(batches), learn=bool(method.train))
             if method.get("gptq"):
-                if method.get("gptq_teacher"):  # layer by layer, towards the teacher's outputs
+                if method.get("gptq_teacher"):  # layer by layer, towards the teacher's outputs (biases too)
+                    n = gptq_teacher(student, teacher, batches, bias=bool(method.get("bias_correction")))
                     log.info("gptq: %d quantized Linear weights re-rounded on %d calibration batches, towards "
-                             "the teacher's outputs", gptq_teacher(student, teacher, batches), len(batches))
+                             "the teacher's outputs%s", n, len(batches),
+                             ", with their biases" if method.get("bias_correction") else "")
                 else:
                     log.info("gptq: %d quantized Linear weights re-rounded on %d calibration batches",
                              gptq(student, batches), len(batches))
-            if method.get("bias_correction"):
+            if method.get("bias_correction") and not method.get("gptq_teacher"):
                 log.info("bias correction: %d quantized Linear biases corrected on %d calibration batches",
                          correct_bias(student, batches), len(batches))
 

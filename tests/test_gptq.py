@@ -233,3 +233,31 @@ def test_towards_a_teacher_without_the_students_layers_is_refused():
     calibrate(student, data, 1)
     with pytest.raises(ValueError, match="the teacher has no Linear 'roberta.encoder.layer.0.attention.self.query'"):
         gptq_teacher(student, torch.nn.Sequential(), data)
+
+
+def test_towards_the_teacher_with_biases_matches_every_layers_mean_output():
+    """gptq_teacher(bias=True): each bias is the intercept of the same least squares, so on the calibration
+    tokens every quantized Linear's mean output equals the teacher's (its inputs are fixed once it is done:
+    only the layers below feed it); the last hidden states end closer to the teacher than without biases."""
+    teacher = xlmr().eval()
+    cfg = {"weight": {"bits": 3, "granularity": "channel"}, "act": {"bits": 4, "symmetric": False},
+           "skip": ["classifier"]}
+    data = token_batches(6)
+    err = {}
+    for bias in (False, True):
+        student = copy.deepcopy(teacher)
+        prepare(student, QuantConfig.from_dict(cfg))
+        calibrate(student, data, len(data))
+        assert gptq_teacher(student, teacher, data, bias=bias) == 12
+        means = {}
+        for who, model in (("student", student), ("teacher", teacher)):
+            mods = {n: m for n, m in model.named_modules() if n.startswith("roberta") and isinstance(m, torch.nn.Linear)}
+            sums = {n: [] for n in mods}
+            each_call(model, data, mods, lambda n, m, x, out, sums=sums: sums[n].append(out))
+            means[who] = {n: torch.cat(v).mean(0) for n, v in sums.items()}
+        gap = max(float((means["student"][n] - means["teacher"][n]).abs().max()) for n in means["teacher"])
+        assert (gap < 1e-4) if bias else (gap > 1e-2), gap
+        with torch.no_grad():
+            err[bias] = sum(float((student(**b, output_hidden_states=True).hidden_states[-1]
+                                   - teacher(**b, output_hidden_states=True).hidden_states[-1]).pow(2).mean()) for b in data)
+    assert err[True] < err[False], err

@@ -19,6 +19,7 @@ blocks (or a model whose blocks cannot be replayed) take one full forward pass p
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -59,33 +60,73 @@ def call_order(model: nn.Module, batch: dict, names: list[str]) -> list[list[str
     return groups + [[n] for n in names if not any(n in g for g in groups)]
 
 
-def _grams(layers: dict[str, QuantLinear], t_layers: dict[str, nn.Module], runs: Iterable[Run]):
-    """``H = X_q^T X_q`` and ``G = X_t^T X_q`` (each (in, in)) of each layer over ``runs``: the teacher's input
-    to the same-named layer against the student's, on the same tokens; each forward stops after the layers."""
-    hs = {n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for n, m in layers.items()}
-    gs = {n: torch.zeros_like(h) for n, h in hs.items()}
+@dataclass
+class Moments:
+    """Sums over the tokens a layer saw: ``h = X_q^T X_q``, ``g = X_t^T X_q`` (each (in, in)), ``st`` and ``sq``
+    the sums of X_t and X_q (each (in,)), ``n`` tokens."""
+
+    h: torch.Tensor
+    g: torch.Tensor
+    st: torch.Tensor
+    sq: torch.Tensor
+    n: int = 0
+
+    def centered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """h and g about the means: what is left once a bias takes the means' share."""
+        mt, mq = self.st / max(self.n, 1), self.sq / max(self.n, 1)
+        return self.h - self.n * torch.outer(mq, mq), self.g - self.n * torch.outer(mt, mq)
+
+
+def _moments(layers: dict[str, QuantLinear], t_layers: dict[str, nn.Module], runs: Iterable[Run]) -> dict[str, Moments]:
+    """Each layer's :class:`Moments` over ``runs``: the teacher's input to the same-named layer (X_t) against
+    the student's (X_q, after its activation quantizer), on the same tokens; forwards stop after the layers."""
+    out = {n: Moments(torch.zeros(m.in_features, m.in_features, dtype=torch.float64),
+                      torch.zeros(m.in_features, m.in_features, dtype=torch.float64),
+                      torch.zeros(m.in_features, dtype=torch.float64), torch.zeros(m.in_features, dtype=torch.float64))
+           for n, m in layers.items()}
     xt: dict[str, torch.Tensor] = {}
 
-    def pair(name: str, mod: QuantLinear, x: torch.Tensor, out: torch.Tensor) -> None:
-        xq = what_it_multiplies(mod, x)  # (N, in), the same tokens as xt[name]
-        hs[name] += (xq.T @ xq).double().cpu()
-        gs[name] += (xt[name].T @ xq).double().cpu()
+    def pair(name: str, mod: QuantLinear, x: torch.Tensor, _out: torch.Tensor) -> None:
+        xq, t, acc = what_it_multiplies(mod, x).double().cpu(), xt[name], out[name]  # (N, in) each, same tokens
+        acc.h += xq.T @ xq
+        acc.g += t.T @ xq
+        acc.st += t.sum(0)
+        acc.sq += xq.sum(0)
+        acc.n += xq.shape[0]
 
-    def keep(name: str, mod: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
-        xt[name] = x.float()  # (N, in)
+    def keep(name: str, mod: nn.Module, x: torch.Tensor, _out: torch.Tensor) -> None:
+        xt[name] = x.double().cpu()  # (N, in)
 
     with watching(t_layers, keep, stop=True) as t_run, watching(layers, pair, stop=True) as s_run:
         for mask, student, teacher in runs:
             t_run(mask, teacher)
             s_run(mask, student)
-    return hs, gs
+    return out
+
+
+def _round_towards(mod: QuantLinear, m: Moments, damp: float, bias: bool) -> None:
+    """GPTQ towards the teacher on one layer; with ``bias`` the bias takes the teacher's mean output too (the
+    intercept of the same least squares: weights on the centered moments, then
+    ``b += W mean(X_t) - Q mean(X_q)`` with Q the quantized weight)."""
+    if not (bias and mod.bias is not None and m.n):
+        round_layer(mod, m.h, damp, m.g)
+        return
+    w = mod.weight.detach().cpu().double()  # (R, C): the teacher's weight, before rounding
+    h, g = m.centered()
+    round_layer(mod, h, damp, g)
+    q = mod.weight_quantizer(mod.weight).detach().cpu().double()  # (R, C): what the student multiplies
+    shift = w @ (m.st / m.n) - q @ (m.sq / m.n)  # (R,)
+    mod.bias.add_(shift.to(mod.bias))
 
 
 @torch.no_grad()
-def gptq_teacher(model: nn.Module, teacher: nn.Module, batches: Iterable[dict], damp: float = 0.01) -> int:
+def gptq_teacher(model: nn.Module, teacher: nn.Module, batches: Iterable[dict], damp: float = 0.01,
+                 bias: bool = False) -> int:
     """Re-round every quantized Linear of ``model`` (:func:`sdq.calib.gptq.targets`) with GPTQ towards the
     teacher's output of it, in call order, on ``batches`` (padding tokens excluded); returns how many
-    weights changed. ``teacher``: the FP model ``model`` was copied from (the same module names)."""
+    weights changed. ``teacher``: the FP model ``model`` was copied from (the same module names). ``bias``: each
+    bias is fit towards the teacher's mean output as well (in place of :func:`sdq.calib.correct_bias`, which
+    corrects a layer's own shift only, not the shift carried in from the layers below)."""
     batches, layers = list(batches), targets(model)
     t_mods = dict(teacher.named_modules())
     if missing := [n for n in layers if not isinstance(t_mods.get(n), nn.Linear)]:
@@ -96,9 +137,9 @@ def gptq_teacher(model: nn.Module, teacher: nn.Module, batches: Iterable[dict], 
     model.eval(), teacher.eval()
 
     def round_group(group: list[str], runs: Iterable[Run]) -> None:
-        hs, gs = _grams({n: layers[n] for n in group}, {n: t_mods[n] for n in group}, runs)
+        moments = _moments({n: layers[n] for n in group}, {n: t_mods[n] for n in group}, runs)
         for name in group:
-            round_layer(layers[name], hs[name], damp, gs[name])
+            _round_towards(layers[name], moments[name], damp, bias)
 
     def full_passes() -> list[Run]:
         return [(b.get("attention_mask"), lambda b=b: model(**inputs_of(b)), lambda b=b: teacher(**inputs_of(b)))
