@@ -85,7 +85,7 @@ def test_tiny_ptq_with_bias_correction_or_gptq(tmp_path):
     """train.py method=ptq method.bias_correction=true: only the encoder's Linear biases differ from the same run
     without it (weights, ranges, classifier equal), and the log says how many were corrected; method.gptq=true:
     only the encoder's Linear weights differ (sdq/calib/gptq.py; its maths: test_gptq), and with
-    method.gptq_teacher=true they differ again."""
+    method.gptq_teacher=true (and bias_correction) their weights and biases differ again."""
     from sdq.data.synthetic import write_fixture
 
     root = write_fixture(tmp_path / "xglue", tasks=["xnli"], n=12)
@@ -94,7 +94,7 @@ def test_tiny_ptq_with_bias_correction_or_gptq(tmp_path):
             "diagnostics.layer_errors=false", "method=ptq", "method.calibrate_batches=2", "quant=w4a8"]
     states = {}
     for name, extra in (("off", []), ("on", ["method.bias_correction=true"]), ("gptq", ["method.gptq=true"]),
-                        ("teacher", ["method.gptq=true", "method.gptq_teacher=true"])):
+                        ("teacher", ["method.gptq=true", "method.gptq_teacher=true", "method.bias_correction=true"])):
         proc = subprocess.run([*base, *extra, f"hydra.run.dir={tmp_path / name}"], cwd=REPO, capture_output=True,
                               text=True, timeout=600, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -109,6 +109,8 @@ def test_tiny_ptq_with_bias_correction_or_gptq(tmp_path):
     moved = {k for k in states["gptq"] if not torch.equal(states["gptq"][k], states["off"][k])}
     assert len(moved) == 12 and all(k.endswith(".weight") and ".encoder.layer." in k for k in moved)  # not the classifier
     log = (tmp_path / "teacher" / "train.log").read_text()
-    assert re.search(r"gptq: 12 quantized Linear weights re-rounded on \d+ calibration batches, towards the teacher's", log)
+    assert re.search(r"gptq: 12 quantized Linear weights re-rounded on \d+ calibration batches, towards the teacher's "
+                     r"outputs, with their biases", log)
+    assert "bias correction:" not in log  # the biases were fit towards the teacher instead
     moved = {k for k in states["teacher"] if not torch.equal(states["teacher"][k], states["gptq"][k])}
-    assert len(moved) == 12 and all(k.endswith(".weight") and ".encoder.layer." in k for k in moved)
+    assert len(moved) == 24 and all(k.endswith((".weight", ".bias")) and ".encoder.layer." in k for k in moved)
