@@ -19,7 +19,7 @@ INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class _Done(Exception):
-    """Raised from a hook to end a forward pass early (:func:`each_call` ``stop``)."""
+    """Raised from a hook to end a forward pass early (:func:`watching` ``stop``)."""
 
 
 @torch.no_grad()
@@ -31,7 +31,7 @@ def calibrate(model: nn.Module, loader: Iterable[dict], n_batches: int, learn: b
     for i, batch in enumerate(loader):
         if i >= n_batches:
             break
-        model(**{k: v for k, v in batch.items() if k in INPUT_KEYS})
+        model(**inputs_of(batch))
     set_phase(model, "learn" if learn else "frozen")
     model.train(was_training)
 
