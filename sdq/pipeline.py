@@ -25,6 +25,7 @@ from sdq.calib import (
     gptq_teacher,
     prepare_datafree,
 )
+from sdq.calib.gptq import targets
 from sdq.config import fingerprint, plain_config, quant_dict, resolve_config
 from sdq.data.task_config import task_from_config
 from sdq.lit.logger import finish_logger
@@ -131,9 +132,11 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
                 else:
                     log.info("gptq: %d quantized Linear weights re-rounded on %d calibration batches",
                              gptq(student, batches), len(batches))
-            if method.get("bias_correction") and not method.get("gptq_teacher"):
-                log.info("bias correction: %d quantized Linear biases corrected on %d calibration batches",
-                         correct_bias(student, batches), len(batches))
+            if method.get("bias_correction"):  # after gptq_teacher: the layers it did not fit (k-means, ...)
+                fitted = targets(student, warn=False) if method.get("gptq") and method.get("gptq_teacher") else {}
+                if n := correct_bias(student, batches, skip=fitted):
+                    log.info("bias correction: %d quantized Linear biases corrected on %d calibration batches",
+                             n, len(batches))
 
     if pool and distills:  # the student stage distils on them too (after calibration: its batches stay labelled)
         dm.set_unlabeled(pool, per_step(settings.unlabeled, settings.data.batch_size))

@@ -182,7 +182,8 @@ def test_towards_is_the_least_squares_map_from_student_to_teacher_inputs():
     xt = xq + 0.3 * correlated(300, 12, seed=1).double() + 0.2  # carried error, partly linear in xq
     ref = torch.linalg.lstsq(xq, xt @ w.T).solution.T  # (5, 12)
     torch.testing.assert_close(towards(w, xq.T @ xq, xt.T @ xq, damp=0.0), ref, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(towards(w, xq.T @ xq, xq.T @ xq), w, rtol=0, atol=1e-12)
+    torch.testing.assert_close(towards(w, xq.T @ xq, xq.T @ xq), w, rtol=0, atol=1e-12)  # the damped form
+    # W G (H + damp)^-1 would shrink W here; W + W (G - H) H^-1 leaves it as it is
     assert (towards(w, xq.T @ xq, xt.T @ xq) - w).abs().max() > 0.1
 
 
@@ -231,8 +232,10 @@ def test_towards_a_teacher_without_the_students_layers_is_refused():
     prepare(student, QuantConfig.from_dict({"weight": {"bits": 4}, "act": None, "skip": ["classifier"]}))
     data = token_batches(1)
     calibrate(student, data, 1)
-    with pytest.raises(ValueError, match="the teacher has no Linear 'roberta.encoder.layer.0.attention.self.query'"):
+    with pytest.raises(ValueError, match="the teacher has no FP Linear 'roberta.encoder.layer.0.attention.self.query'"):
         gptq_teacher(student, torch.nn.Sequential(), data)
+    with pytest.raises(ValueError, match="no FP Linear"):
+        gptq_teacher(student, student, data)  # the student itself: quantized Linears
 
 
 def test_towards_the_teacher_with_biases_matches_every_layers_mean_output():
@@ -261,3 +264,19 @@ def test_towards_the_teacher_with_biases_matches_every_layers_mean_output():
             err[bias] = sum(float((student(**b, output_hidden_states=True).hidden_states[-1]
                                    - teacher(**b, output_hidden_states=True).hidden_states[-1]).pow(2).mean()) for b in data)
     assert err[True] < err[False], err
+
+
+def test_towards_the_teacher_twice_changes_nothing():
+    """The targets are the teacher's weights and biases, not the student's current ones: a second call finds
+    the same inputs at every layer and writes the same codes and biases."""
+    teacher = xlmr().eval()
+    student = copy.deepcopy(teacher)
+    prepare(student, QuantConfig.from_dict({"weight": {"bits": 3, "granularity": "channel"},
+                                            "act": {"bits": 4, "symmetric": False}, "skip": ["classifier"]}))
+    data = token_batches(3)
+    calibrate(student, data, len(data))
+    gptq_teacher(student, teacher, data, bias=True)
+    first = {k: v.clone() for k, v in student.state_dict().items()}
+    gptq_teacher(student, teacher, data, bias=True)
+    for k, v in student.state_dict().items():
+        torch.testing.assert_close(v, first[k], rtol=0, atol=1e-6, msg=k)

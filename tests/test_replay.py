@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from test_gptq import token_batches
 from tiny import xlmr
@@ -58,7 +59,8 @@ def test_blocks_not_fed_by_the_previous_one_are_not_replayed():
     assert stack.catch(model, [{"input_ids": torch.ones(2, 3, dtype=torch.long)}]) is None
 
 
-def test_replayed_blocks_round_as_full_passes_do(monkeypatch):
+@pytest.mark.parametrize("bias", [False, True])
+def test_replayed_blocks_round_as_full_passes_do(monkeypatch, bias):
     teacher = xlmr().eval()
     data = padded_batches(4)
     cfg = QuantConfig.from_dict({"weight": {"bits": 4, "granularity": "channel"}, "act": {"bits": 8, "symmetric": False},
@@ -70,8 +72,10 @@ def test_replayed_blocks_round_as_full_passes_do(monkeypatch):
         calibrate(student, data, len(data))
         if not replay:
             monkeypatch.setattr(Stack, "find", classmethod(lambda cls, model, names: None))
-        assert gptq_teacher(student, teacher, data) == 12
-        weights[replay] = {n: m.weight.detach().clone() for n, m in student.named_modules() if isinstance(m, QuantLinear)}
+        assert gptq_teacher(student, teacher, data, bias=bias) == 12
+        assert student.training is False and not any(m._forward_hooks or m._forward_pre_hooks for m in student.modules())
+        weights[replay] = {f"{n}.{k}": t.detach().clone() for n, m in student.named_modules()
+                           if isinstance(m, QuantLinear) for k, t in (("weight", m.weight), ("bias", m.bias))}
     moved = 0
     for n, w in weights[True].items():
         moved += int((w != weights[False][n]).sum())

@@ -29,10 +29,14 @@ def _quantized(mod: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def correct_bias(model: nn.Module, batches: Iterable[dict]) -> int:
-    """Add to the bias of every quantized Linear (with a bias) the mean output shift its weight and input
-    quantization cause on ``batches`` (padding tokens excluded); returns how many biases changed."""
-    layers = {name: mod for name, mod in model.named_modules() if _quantized(mod)}
+def correct_bias(model: nn.Module, batches: Iterable[dict], skip: Iterable[str] = ()) -> int:
+    """Add to the bias of every quantized Linear (with a bias, not named in ``skip``) the mean output shift
+    its weight and input quantization cause on ``batches`` (padding tokens excluded); returns how many
+    biases changed."""
+    skip = set(skip)
+    layers = {name: mod for name, mod in model.named_modules() if _quantized(mod) and name not in skip}
+    if not layers:
+        return 0
     sums = {name: torch.zeros(mod.out_features, dtype=torch.float64) for name, mod in layers.items()}
     counts = dict.fromkeys(layers, 0)
 

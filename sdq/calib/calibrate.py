@@ -82,15 +82,14 @@ def watching(layers: dict[str, nn.Module], fn: Callable[[str, nn.Module, torch.T
 
 @torch.no_grad()
 def each_call(model: nn.Module, batches: Iterable[dict], layers: dict[str, nn.Module],
-              fn: Callable[[str, nn.Module, torch.Tensor, torch.Tensor], None], stop: bool = False) -> None:
+              fn: Callable[[str, nn.Module, torch.Tensor, torch.Tensor], None]) -> None:
     """Run ``model`` (eval mode) over ``batches``; after each call of a module of ``layers`` (name -> module),
     ``fn(name, module, x, out)`` with its input x (N, in) and output out (N, out) on real tokens only (rows
-    of padding excluded where the leading dims are the batch's (B, T)). With ``stop``, each forward pass ends
-    once every module of ``layers`` has been called (what comes after them is not computed)."""
+    of padding excluded where the leading dims are the batch's (B, T))."""
     was_training = model.training
     model.eval()
     try:
-        with watching(layers, fn, stop) as run:
+        with watching(layers, fn) as run:
             for batch in batches:
                 run(batch.get("attention_mask"), lambda b=batch: model(**inputs_of(b)))
     finally:

@@ -95,16 +95,16 @@ def what_it_multiplies(mod: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     return mod.act_quantizer(x) if mod.act_quantizer is not None else x
 
 
-def targets(model: nn.Module) -> dict[str, QuantLinear]:
+def targets(model: nn.Module, warn: bool = True) -> dict[str, QuantLinear]:
     """The quantized Linears GPTQ re-rounds (uniform grids), after :func:`calibrate` (refused before); those
     off a uniform grid (k-means or binary codes through a ``quant.overrides`` entry, 1-bit sign weights)
-    keep their rounding, and a warning names them."""
+    keep their rounding, and a warning names them (``warn``)."""
     layers = {name: mod for name, mod in model.named_modules() if _eligible(mod)}
     if any(q._phase == 0 for m in layers.values() for q in (m.weight_quantizer, m.act_quantizer) if q is not None):
         raise ValueError("gptq: the quantizers are still calibrating; call calibrate(model, batches, n) first")
     kept = [name for name, mod in model.named_modules() if isinstance(mod, QuantLinear) and name not in layers
             and mod.weight_quantizer is not None and mod.weight_quantizer._enabled]
-    if kept:
+    if kept and warn:
         log.warning("gptq: %d quantized Linear weights not on a uniform grid keep their rounding: %s%s",
                     len(kept), ", ".join(kept[:4]), ", ..." if len(kept) > 4 else "")
     return layers
@@ -113,7 +113,7 @@ def targets(model: nn.Module) -> dict[str, QuantLinear]:
 @torch.no_grad()
 def gptq(model: nn.Module, batches: Iterable[dict], damp: float = 0.01) -> int:
     """Re-round the weight of every quantized Linear (uniform grids, :func:`targets`) with GPTQ on ``batches``
-    (padding tokens excluded), after :func:`calibrate`; returns how many weights changed. ``damp``: the
+    (padding tokens excluded), after :func:`calibrate`; returns how many weight matrices it re-rounded. ``damp``: the
     fraction of the mean diagonal added to ``H``. Towards the teacher's outputs instead, layer by layer:
     :func:`sdq.calib.gptq_teacher.gptq_teacher`.
 
@@ -144,9 +144,12 @@ def towards(w: torch.Tensor, h: torch.Tensor, g: torch.Tensor, damp: float = 0.0
     return w + (w @ (g.double() - h.double())) @ _inverse(h, damp)
 
 
-def round_layer(mod: QuantLinear, h: torch.Tensor, damp: float, g: torch.Tensor | None = None) -> None:
-    """GPTQ on the layer's weight with Hessian h; with g (asymmetric) on :func:`towards`'s weight."""
-    w = mod.weight.detach().cpu().double()  # (R, C)
+@torch.no_grad()
+def round_layer(mod: QuantLinear, h: torch.Tensor, damp: float, g: torch.Tensor | None = None,
+                target: torch.Tensor | None = None) -> None:
+    """GPTQ on the layer's weight (or on ``target``, e.g. the teacher's weight) with Hessian h, written into
+    the layer; with g (asymmetric) on :func:`towards`'s weight."""
+    w = (target if target is not None else mod.weight).detach().cpu().double()  # (R, C)
     if g is not None:
         w = towards(w, h, g, damp)
     latent = mod.weight_quantizer.phase_name == "learn"

@@ -12,8 +12,8 @@ costs about one forward pass of student and teacher per block, not one per layer
 blocks (or a model whose blocks cannot be replayed) take one full forward pass per group of layers.
 
 >>> calibrate(student, batches, len(batches))             # activation ranges first
->>> n = gptq_teacher(student, teacher, batches)           # teacher: the FP model the student was copied from
->>> n = correct_bias(student, batches)                    # bias correction after, on the final weights
+>>> n = gptq_teacher(student, teacher, batches, bias=True)   # teacher: the FP model the student was copied from
+>>> # bias=True fits the biases towards the teacher too: no correct_bias after it (that would undo the fit)
 """
 
 from __future__ import annotations
@@ -36,10 +36,20 @@ def call_order(model: nn.Module, batch: dict, names: list[str]) -> list[list[str
     """The modules ``names`` of ``model`` in the order one forward pass on ``batch`` calls them, those
     called on the same input tensor in one group (e.g. a layer's query, key and value):
     ``[["l0.query", "l0.key", "l0.value"], ["l0.out"], ...]``; modules not called come last, one each."""
-    mods, calls = dict(model.named_modules()), []  # calls: (name, its input), the inputs kept alive
+    mods, groups, seen = dict(model.named_modules()), [], set()
+    last: list[torch.Tensor | None] = [None]  # the previous call's input, kept alive for the identity test
 
     def hook(name: str):
-        return lambda mod, inputs, out: calls.append((name, inputs[0]))
+        def call(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+            if name in seen:
+                return  # a module called twice: its first call fixes its place
+            if groups and inputs[0] is last[0]:
+                groups[-1].append(name)
+            else:
+                groups.append([name])
+            seen.add(name)
+            last[0] = inputs[0]
+        return call
 
     handles = [mods[n].register_forward_hook(hook(n)) for n in names]
     try:
@@ -47,17 +57,7 @@ def call_order(model: nn.Module, batch: dict, names: list[str]) -> list[list[str
     finally:
         for h in handles:
             h.remove()
-    groups: list[list[str]] = []
-    last = None
-    for name, x in calls:
-        if any(name in g for g in groups):
-            continue  # a module called twice: its first call fixes its place
-        if groups and x is last:
-            groups[-1].append(name)
-        else:
-            groups.append([name])
-        last = x
-    return groups + [[n] for n in names if not any(n in g for g in groups)]
+    return groups + [[n] for n in names if n not in seen]
 
 
 @dataclass
@@ -104,33 +104,38 @@ def _moments(layers: dict[str, QuantLinear], t_layers: dict[str, nn.Module], run
     return out
 
 
-def _round_towards(mod: QuantLinear, m: Moments, damp: float, bias: bool) -> None:
-    """GPTQ towards the teacher on one layer; with ``bias`` the bias takes the teacher's mean output too (the
-    intercept of the same least squares: weights on the centered moments, then
-    ``b += W mean(X_t) - Q mean(X_q)`` with Q the quantized weight)."""
-    if not (bias and mod.bias is not None and m.n):
-        round_layer(mod, m.h, damp, m.g)
+def _round_towards(mod: QuantLinear, t_mod: nn.Linear, m: Moments, damp: float, bias: bool) -> None:
+    """GPTQ towards the teacher's layer ``t_mod`` on one layer; with ``bias`` the bias takes the teacher's mean
+    output too (the intercept of the same least squares: the weights on the centered moments, then
+    ``b = b_t + W_t mean(X_t) - Q mean(X_q)`` with Q the quantized weight)."""
+    w = t_mod.weight.detach().cpu().double()  # (R, C): the teacher's weight
+    if not (bias and mod.bias is not None and t_mod.bias is not None and m.n):
+        round_layer(mod, m.h, damp, m.g, target=w)
         return
-    w = mod.weight.detach().cpu().double()  # (R, C): the teacher's weight, before rounding
     h, g = m.centered()
-    round_layer(mod, h, damp, g)
+    round_layer(mod, h, damp, g, target=w)
     q = mod.weight_quantizer(mod.weight).detach().cpu().double()  # (R, C): what the student multiplies
-    shift = w @ (m.st / m.n) - q @ (m.sq / m.n)  # (R,)
-    mod.bias.add_(shift.to(mod.bias))
+    b = t_mod.bias.detach().cpu().double() + w @ (m.st / m.n) - q @ (m.sq / m.n)  # (R,)
+    mod.bias.copy_(b.to(mod.bias))
 
 
 @torch.no_grad()
 def gptq_teacher(model: nn.Module, teacher: nn.Module, batches: Iterable[dict], damp: float = 0.01,
                  bias: bool = False) -> int:
     """Re-round every quantized Linear of ``model`` (:func:`sdq.calib.gptq.targets`) with GPTQ towards the
-    teacher's output of it, in call order, on ``batches`` (padding tokens excluded); returns how many
-    weights changed. ``teacher``: the FP model ``model`` was copied from (the same module names). ``bias``: each
+    teacher's output of it, in call order, on ``batches`` (padding tokens excluded); returns how many weight
+    matrices it re-rounded. ``teacher``: the FP model ``model`` was copied from (the same module names). ``bias``: each
     bias is fit towards the teacher's mean output as well (in place of :func:`sdq.calib.correct_bias`, which
     corrects a layer's own shift only, not the shift carried in from the layers below)."""
     batches, layers = list(batches), targets(model)
     t_mods = dict(teacher.named_modules())
-    if missing := [n for n in layers if not isinstance(t_mods.get(n), nn.Linear)]:
-        raise ValueError(f"gptq: the teacher has no Linear {missing[0]!r}; pass the model the student was copied from")
+    def fp_twin(name: str) -> bool:  # the teacher's FP Linear of the same shape
+        t = t_mods.get(name)
+        return isinstance(t, nn.Linear) and not isinstance(t, QuantLinear) and t.weight.shape == layers[name].weight.shape
+
+    if missing := [n for n in layers if not fp_twin(n)]:
+        raise ValueError(f"gptq: the teacher has no FP Linear {missing[0]!r} of the student's shape; pass the FP "
+                         "model the student was copied from")
     if not batches or not layers:
         return 0
     was = model.training, teacher.training
@@ -139,7 +144,7 @@ def gptq_teacher(model: nn.Module, teacher: nn.Module, batches: Iterable[dict], 
     def round_group(group: list[str], runs: Iterable[Run]) -> None:
         moments = _moments({n: layers[n] for n in group}, {n: t_mods[n] for n in group}, runs)
         for name in group:
-            _round_towards(layers[name], moments[name], damp, bias)
+            _round_towards(layers[name], t_mods[name], moments[name], damp, bias)
 
     def full_passes() -> list[Run]:
         return [(b.get("attention_mask"), lambda b=b: model(**inputs_of(b)), lambda b=b: teacher(**inputs_of(b)))

@@ -49,11 +49,13 @@ class Caught:
     calls: list[list[tuple[tuple, dict]]]  # [block][batch] -> (args, kwargs) as passed, hidden states left out
     masks: list[torch.Tensor | None] = field(default_factory=list)
 
+    @torch.no_grad()
     def run(self, i: int, b: int) -> torch.Tensor:
         """Block i on batch b's cached input (block i's input must be the cached one: see :meth:`advance`)."""
         args, kwargs = self.calls[i][b]
         return _call(self.blocks[i], self.hidden[b], args, kwargs)
 
+    @torch.no_grad()
     def advance(self, i: int) -> None:
         """Block i's outputs, on the cached inputs, become the cached inputs (of block i + 1)."""
         self.hidden = [self.run(i, b) for b in range(len(self.hidden))]
@@ -85,9 +87,10 @@ class Stack:
 
     @torch.no_grad()
     def catch(self, model: nn.Module, batches: list[dict]) -> Caught | None:
-        """One forward pass per batch (eval mode, ``model`` holding this stack or a same-named copy of it),
-        stopped before the last block runs; None where a block's input is not the previous block's output
-        (then the blocks cannot be run one by one)."""
+        """One forward pass per batch in eval mode (``model`` holding this stack or a same-named copy of it;
+        left in eval mode: the replayed blocks must run as caught), stopped before the last block runs; None
+        where a block's input is not the previous block's output (then the blocks cannot be run one by one)."""
+        model.eval()
         blocks = dict(model.named_modules())[self.prefix]
         calls: list[list[tuple[tuple, dict]]] = [[] for _ in blocks]
         first: list[torch.Tensor] = []  # block 0's input per batch
