@@ -133,7 +133,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
                     log.info("gptq: %d quantized Linear weights re-rounded on %d calibration batches",
                              gptq(student, batches), len(batches))
             if method.get("bias_correction"):  # after gptq_teacher: the layers it did not fit (k-means, ...)
-                fitted = targets(student, warn=False) if method.get("gptq") and method.get("gptq_teacher") else {}
+                fitted = targets(student, warn=False) if method.get("gptq_teacher") else {}  # implies gptq (config)
                 if n := correct_bias(student, batches, skip=fitted):
                     log.info("bias correction: %d quantized Linear biases corrected on %d calibration batches",
                              n, len(batches))

@@ -5,8 +5,8 @@ zero points, bits per row) stays the one the weight quantizer already holds, so 
 kernels see ordinary codes; only which code each weight gets changes.
 
 ``H`` is measured on what the layer multiplies in the calibrated student: its input after the layer's
-activation quantizer. The layers are measured in one pass (not one pass per layer, as
-the paper does): at 8 bits the inputs barely change when the layers below are re-rounded.
+activation quantizer. The layers are measured in one pass (not one pass per layer, as the paper does):
+at 8 bits the inputs barely change when the layers below are re-rounded.
 
 Towards the FP teacher's outputs, layer by layer (asymmetric calibration): :mod:`sdq.calib.gptq_teacher`,
 which uses :func:`towards` and :func:`round_layer` from here.

@@ -129,6 +129,7 @@ def gptq_teacher(model: nn.Module, teacher: nn.Module, batches: Iterable[dict], 
     corrects a layer's own shift only, not the shift carried in from the layers below)."""
     batches, layers = list(batches), targets(model)
     t_mods = dict(teacher.named_modules())
+
     def fp_twin(name: str) -> bool:  # the teacher's FP Linear of the same shape
         t = t_mods.get(name)
         return isinstance(t, nn.Linear) and not isinstance(t, QuantLinear) and t.weight.shape == layers[name].weight.shape
