@@ -7,9 +7,10 @@ student's (after its activation quantizer), on the same tokens. With ``H = X_q^T
 that the layers below and the activation quantizers carry in, as far as it is linear in X_q, is taken
 out at every layer.
 
-The encoder's blocks run one at a time on cached inputs (:mod:`sdq.calib.replay`), so the whole sweep
-costs about one forward pass of student and teacher per block, not one per layer; layers outside the
-blocks (or a model whose blocks cannot be replayed) take one full forward pass per group of layers.
+The encoder's blocks run one at a time on cached inputs (:mod:`sdq.calib.replay`), so each group of layers
+costs a pass of student and teacher through its own block only, stopped after the group, not a full forward
+pass; layers outside the blocks (or a model whose blocks cannot be replayed) take one full forward pass per
+group of layers.
 
 >>> calibrate(student, batches, len(batches))             # activation ranges first
 >>> n = gptq_teacher(student, teacher, batches, bias=True)   # teacher: the FP model the student was copied from
@@ -87,15 +88,16 @@ def _moments(layers: dict[str, QuantLinear], t_layers: dict[str, nn.Module], run
     xt: dict[str, torch.Tensor] = {}
 
     def pair(name: str, mod: QuantLinear, x: torch.Tensor, _out: torch.Tensor) -> None:
-        xq, t, acc = what_it_multiplies(mod, x).double().cpu(), xt[name], out[name]  # (N, in) each, same tokens
-        acc.h += xq.T @ xq
-        acc.g += t.T @ xq
-        acc.st += t.sum(0)
-        acc.sq += xq.sum(0)
+        xq, t, acc = what_it_multiplies(mod, x), xt[name], out[name]  # (N, in) each, same tokens
+        # products in float32 where the activations are (as gptq's H), each batch's sum kept in float64
+        acc.h += (xq.T @ xq).double().cpu()
+        acc.g += (t.T @ xq).double().cpu()
+        acc.st += t.sum(0, dtype=torch.float64).cpu()
+        acc.sq += xq.sum(0, dtype=torch.float64).cpu()
         acc.n += xq.shape[0]
 
     def keep(name: str, mod: nn.Module, x: torch.Tensor, _out: torch.Tensor) -> None:
-        xt[name] = x.double().cpu()  # (N, in)
+        xt[name] = x.float()  # (N, in)
 
     with watching(t_layers, keep, stop=True) as t_run, watching(layers, pair, stop=True) as s_run:
         for mask, student, teacher in runs:
