@@ -88,7 +88,8 @@ def _moments(layers: dict[str, QuantLinear], t_layers: dict[str, nn.Module], run
     xt: dict[str, torch.Tensor] = {}
 
     def pair(name: str, mod: QuantLinear, x: torch.Tensor, _out: torch.Tensor) -> None:
-        xq, t, acc = what_it_multiplies(mod, x), xt[name], out[name]  # (N, in) each, same tokens
+        xq, acc = what_it_multiplies(mod, x), out[name]  # (N, in)
+        t = xt[name].to(xq.device)  # (N, in): the teacher's input on the same tokens, wherever the teacher runs
         # products in float32 where the activations are (as gptq's H), each batch's sum kept in float64
         acc.h += (xq.T @ xq).double().cpu()
         acc.g += (t.T @ xq).double().cpu()
