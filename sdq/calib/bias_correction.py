@@ -41,7 +41,7 @@ def correct_bias(model: nn.Module, batches: Iterable[dict], skip: Iterable[str] 
     counts = dict.fromkeys(layers, 0)
 
     def add(name: str, mod: QuantLinear, x: torch.Tensor, out: torch.Tensor) -> None:
-        shift = TF.linear(x, mod.weight) + mod.bias - out  # (N, out); x: the float input, before act quant
+        shift = TF.linear(mod.rotate_input(x), mod.weight) + mod.bias - out  # (N, out); x: before act quant
         sums[name] += shift.double().sum(0).cpu()
         counts[name] += shift.shape[0]
 

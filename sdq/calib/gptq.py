@@ -90,8 +90,8 @@ def round_columns(w: torch.Tensor, h: torch.Tensor, grid: tuple[torch.Tensor, ..
 
 
 def what_it_multiplies(mod: QuantLinear, x: torch.Tensor) -> torch.Tensor:
-    """(N, in) float input -> what the weight multiplies: after the layer's activation quantizer."""
-    x = x.float()
+    """(N, in) float input -> what the weight multiplies: after the layer's rotation and activation quantizer."""
+    x = mod.rotate_input(x.float())
     return mod.act_quantizer(x) if mod.act_quantizer is not None else x
 
 

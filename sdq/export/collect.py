@@ -20,6 +20,7 @@ from torch import nn
 from sdq.errors import SdqError
 from sdq.export.pack import dequantize, pack_tensor
 from sdq.quant import QuantEmbedding, QuantLinear, strip
+from sdq.quant.per_token import PerTokenQuantizer
 
 
 @dataclass
@@ -49,6 +50,12 @@ def collect(student: nn.Module) -> Collected:
     if not mods:
         raise SdqError("model has no sdq quantizers; export_quantized needs a prepared student "
                        "(sdq.quant.prepare) or a checkpoint of a quantized run")
+    dynamic = [n for n, m in mods if isinstance(m, QuantLinear) and (m.rotated or isinstance(
+        m.act_quantizer, PerTokenQuantizer))]
+    if dynamic:
+        raise SdqError(f"export: {dynamic[0]} (and {len(dynamic) - 1} more) quantizes its input per token or in a "
+                       "rotated basis (quant.act.granularity=token / quant.act.rotate), which the export formats "
+                       "do not carry; export a student with static activation ranges (e.g. quant=w8a8_g32)")
     out = Collected(plain=model)
     for name, mod in mods:
         wq = mod.weight_quantizer

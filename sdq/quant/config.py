@@ -14,7 +14,7 @@ from typing import Any
 from sdq.errors import SdqConfigError
 
 SCHEMES = ("uniform", "lsq", "kmeans", "binary")
-GRANULARITIES = ("tensor", "channel", "group", "row")
+GRANULARITIES = ("tensor", "channel", "group", "row", "token")
 OBSERVERS = ("minmax", "ema", "percentile", "mse")
 KMEANS_INITS = ("quantile", "linear")
 KMEANS_WEIGHTINGS = ("none", "act")
@@ -35,7 +35,10 @@ class QuantizerConfig:
 
     ``bits`` 1..8; ``scheme`` uniform (observer ranges) | lsq (learned step) | kmeans | binary;
     ``granularity`` tensor | channel (weights: output rows, activations: last dim) | group (``group_size``
-    consecutive inputs of a row) | row (= channel; name used for embedding tables).
+    consecutive inputs of a row) | row (= channel; name used for embedding tables) | token (activations only:
+    a dynamic range per token, :class:`sdq.quant.per_token.PerTokenQuantizer`).
+    ``rotate`` (activations only): the Linear's input and weight are rotated by the same orthogonal Hadamard map
+    (:mod:`sdq.quant.rotation`), so the product is unchanged and the quantizers see outliers spread out.
     ``narrow_range`` drops the most negative symmetric level (2 bits -> ternary {-1,0,1}).
     ``kmeans_weighting`` act: Lloyd centroids weighted by each weight column's mean squared input
     activation from the calibration batches, so k-means minimises the Linear's output error
@@ -62,6 +65,7 @@ class QuantizerConfig:
     kmeans_weighting: str = "none"
     binary_iters: int = 10
     refit_every: int = 0
+    rotate: bool = False
 
     @classmethod
     def from_dict(cls, d: dict | QuantizerConfig | None, where: str = "quant") -> QuantizerConfig | None:
@@ -110,6 +114,8 @@ class QuantizerConfig:
                 raise SdqConfigError(f"{where}.{name}={getattr(self, name)!r} must be a positive integer")
         if not _is_int(self.refit_every) or self.refit_every < 0:
             raise SdqConfigError(f"{where}.refit_every={self.refit_every!r} must be an integer >= 0")
+        if not isinstance(self.rotate, bool):
+            raise SdqConfigError(f"{where}.rotate={self.rotate!r} must be true or false")
         return self
 
 
@@ -180,6 +186,9 @@ def _check_activation(cfg: QuantizerConfig | None, where: str, grans: tuple[str,
                              f"use {' or '.join(grans)}")
     if cfg.bits == 1 and cfg.symmetric:
         raise SdqConfigError(f"{where}: 1-bit symmetric activations are not supported; use bits >= 2")
+    if cfg.granularity == "token" and cfg.scheme != "uniform":
+        raise SdqConfigError(f"{where}: granularity=token ranges are dynamic (min-max per token); "
+                             f"use scheme=uniform, not {cfg.scheme}")
 
 
 @dataclass
@@ -241,8 +250,13 @@ class QuantConfig:
                 if not isinstance(sub, QuantizerConfig):
                     raise SdqConfigError(f"quant.{part} must be a QuantizerConfig or null, got {sub!r}")
                 sub.validate(f"quant.{part}")
-        _check_activation(self.act, "quant.act", ("tensor", "channel"))
+        _check_activation(self.act, "quant.act", ("tensor", "channel", "token"))
         _check_activation(self.attention, "quant.attention", ("tensor",))
+        for part in ("weight", "embedding", "attention"):
+            sub = getattr(self, part)
+            if sub is not None and (sub.rotate or sub.granularity == "token"):
+                raise SdqConfigError(f"quant.{part}: rotate and granularity=token apply to Linear inputs only "
+                                     "(quant.act); remove them here")
         for part in ("weight", "embedding"):
             sub = getattr(self, part)
             if sub is not None and sub.kmeans_weighting != "none" and (part == "embedding" or sub.scheme != "kmeans"):
@@ -261,7 +275,10 @@ class QuantConfig:
             if not isinstance(over, dict):
                 raise SdqConfigError(f"{where} must be a mapping of quantizer fields, got {over!r}")
             _unknown(set(over) - set(known), known, where)
-            self.override_for(pattern, self.weight).validate(where)
+            sub = self.override_for(pattern, self.weight).validate(where)
+            if sub.rotate or sub.granularity == "token":
+                raise SdqConfigError(f"{where}: rotate and granularity=token apply to Linear inputs only "
+                                     "(quant.act); remove them here")
         p = self.quant_noise_p
         if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= float(p) <= 1.0:
             raise SdqConfigError(f"quant.quant_noise_p={p!r} must be a number in [0, 1] (0 = off)")

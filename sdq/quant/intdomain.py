@@ -1,7 +1,7 @@
 """Integer-domain W8A8 linear: the student's eval forward as an int8 GEMM computes it, bit for bit.
 
 A :class:`~sdq.quant.QuantLinear` whose input is quantized per tensor (uniform, <= 8 bits) and whose weight
-is uniform symmetric per channel/tensor (<= 8 bits) evaluates (eval mode, no grad) with the scales
+is uniform symmetric per channel/tensor (<= 8 bits), and that is not ``rotated``, evaluates (eval mode, no grad) with the scales
 factored out of the sum, as integer hardware does::
 
     y = (c_x @ c_w^T) * (s_x * s_w) + b,   c_x = clamp(round(x * (1/s_x)) + z, qmin, qmax) - z,
@@ -29,7 +29,7 @@ Scalar = float | torch.Tensor
 def int_domain_ok(layer: nn.Module) -> bool:
     """True when ``layer`` (a QuantLinear) runs as an int8 GEMM: see the module doc for the conditions."""
     aq, wq = getattr(layer, "act_quantizer", None), getattr(layer, "weight_quantizer", None)
-    if not (isinstance(aq, UniformQuantizer) and isinstance(wq, UniformQuantizer)):
+    if not (isinstance(aq, UniformQuantizer) and isinstance(wq, UniformQuantizer)) or getattr(layer, "rotated", False):
         return False
     if not (aq._enabled and wq._enabled and aq._initialized and wq._initialized):
         return False

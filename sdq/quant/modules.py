@@ -12,10 +12,12 @@ import torch
 import torch.nn.functional as TF
 from torch import nn
 
+from sdq.errors import SdqConfigError
 from sdq.quant.base import QuantizerBase
 from sdq.quant.config import QuantizerConfig
 from sdq.quant.factory import make_quantizer
 from sdq.quant.intdomain import int_domain_linear, int_domain_ok
+from sdq.quant.rotation import rotate, supported
 
 
 def quant_noise(w: torch.Tensor, wq: torch.Tensor, p: float, block: int) -> torch.Tensor:
@@ -44,7 +46,9 @@ class _QuantWeightMixin:
 class QuantLinear(_QuantWeightMixin, nn.Linear):
     """nn.Linear with ``weight_quantizer`` and optional input ``act_quantizer``. In eval mode without grad, a
     W8A8-style layer (per-tensor input, symmetric uniform weight) computes in the integer domain
-    (:mod:`sdq.quant.intdomain`), bit-identical to its int8 export (:class:`sdq.int8.Int8Linear`)."""
+    (:mod:`sdq.quant.intdomain`), bit-identical to its int8 export (:class:`sdq.int8.Int8Linear`).
+    With ``act_cfg.rotate`` the stored weight is ``rotate(W)`` and the input is rotated before its quantizer
+    (``rotated``: the same product, :mod:`sdq.quant.rotation`); ``folded_weight`` rotates back."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  weight_cfg: QuantizerConfig | None = None, act_cfg: QuantizerConfig | None = None,
@@ -54,6 +58,11 @@ class QuantLinear(_QuantWeightMixin, nn.Linear):
         self.weight_quantizer = make_quantizer(weight_cfg, shape, "weight") if weight_cfg else None
         self.act_quantizer = make_quantizer(act_cfg, (in_features,), "act") if act_cfg else None
         self.noise_p, self.noise_block = float(noise_p), int(noise_block)
+        self.rotated = bool(act_cfg is not None and act_cfg.rotate)
+        if self.rotated and not supported(in_features):
+            raise SdqConfigError(f"quant.act.rotate: a Linear with {in_features} input features cannot be rotated "
+                                 "(a Hadamard rotation needs 2^k or 12 * 2^k, e.g. 384, 768, 1024, 3072); "
+                                 "leave it FP with quant.skip or set quant.act.rotate=false")
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, weight_cfg: QuantizerConfig | None,
@@ -64,6 +73,9 @@ class QuantLinear(_QuantWeightMixin, nn.Linear):
                   noise_p, noise_block, device="meta")
         new.weight = linear.weight
         new.bias = linear.bias
+        if new.rotated:  # in place: the Parameter stays the one the model (and any optimizer) holds
+            with torch.no_grad():
+                new.weight.copy_(rotate(new.weight))
         for q in (new.weight_quantizer, new.act_quantizer):  # built on CPU (make_quantizer has no device)
             if q is not None:
                 q.to(linear.weight.device)
@@ -75,6 +87,7 @@ class QuantLinear(_QuantWeightMixin, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         if not self.training and not torch.is_grad_enabled() and int_domain_ok(self):
             return int_domain_linear(self, x)  # what the int8 export computes, bit for bit
+        x = self.rotate_input(x)
         if self.act_quantizer is not None:
             x = self.act_quantizer(x)
         w = self.weight
@@ -84,10 +97,16 @@ class QuantLinear(_QuantWeightMixin, nn.Linear):
             w = self._noisy(w, self.weight_quantizer(w))
         return TF.linear(x, w, self.bias)
 
+    def rotate_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in) -> the input in the stored weight's basis (x itself unless ``rotated``)."""
+        return rotate(x) if self.rotated else x
+
     @torch.no_grad()
     def folded_weight(self) -> torch.Tensor:
+        """The fake-quantized weight in the input's own basis (rotated back when ``rotated``)."""
         wq = self.weight_quantizer
-        return self.weight.detach().clone() if wq is None or not wq._enabled else wq(self.weight)
+        w = self.weight.detach().clone() if wq is None or not wq._enabled else wq(self.weight)
+        return rotate(w, inverse=True) if self.rotated else w
 
     def to_linear(self) -> nn.Linear:
         """Plain nn.Linear holding the fake-quantized weight (activation quantization is dropped)."""
@@ -140,10 +159,16 @@ class QuantEmbedding(_QuantWeightMixin, nn.Embedding):
             rows = torch.where((uniq == self.padding_idx)[:, None], rows.detach(), rows)
         return TF.embedding(inv, self._noisy(rows, q(rows, rows=uniq)))
 
+    def rotate_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in) -> the input in the stored weight's basis (x itself unless ``rotated``)."""
+        return rotate(x) if self.rotated else x
+
     @torch.no_grad()
     def folded_weight(self) -> torch.Tensor:
+        """The fake-quantized weight in the input's own basis (rotated back when ``rotated``)."""
         wq = self.weight_quantizer
-        return self.weight.detach().clone() if wq is None or not wq._enabled else wq(self.weight)
+        w = self.weight.detach().clone() if wq is None or not wq._enabled else wq(self.weight)
+        return rotate(w, inverse=True) if self.rotated else w
 
     def to_embedding(self) -> nn.Embedding:
         """Plain nn.Embedding holding the fake-quantized table."""

@@ -13,6 +13,7 @@ from torch import nn
 
 from sdq.quant.attention import AttentionQuantizer
 from sdq.quant.modules import QuantEmbedding, QuantLinear
+from sdq.quant.per_token import PerTokenQuantizer
 from sdq.quant.uniform import UniformQuantizer
 
 
@@ -112,6 +113,6 @@ def quant_report(model: nn.Module) -> QuantReport:
             rep.act_features_quantized += mod.in_features * (getattr(mod, "act_quantizer", None) is not None)
         if isinstance(mod, AttentionQuantizer):
             rep.n_attention += 1
-        elif isinstance(mod, UniformQuantizer) and mod.kind == "act":
+        elif isinstance(mod, UniformQuantizer | PerTokenQuantizer) and mod.kind == "act":
             rep.n_act_quantizers += 1
     return rep

@@ -1,0 +1,84 @@
+"""Randomized Hadamard rotation of a Linear's input space (QuaRot, Ashkboos et al. 2024).
+
+``y = x W^T = rotate(x) rotate(W)^T`` for the orthogonal map ``rotate`` on the last dim: a fixed ±1 sign per
+channel, then the Hadamard transform (Sylvester for 2^k, Paley's 12 x 12 Kronecker 2^k), scaled by 1/sqrt(n).
+Rotated, an outlier channel is spread over all channels, so a per-token activation range is set by the
+token's norm rather than by its largest channel. Sizes: 2^k or 12 * 2^k (384, 768, 1024, 1536, 3072, 4096).
+
+>>> y = rotate(x)                     # (..., n), same norm per row
+>>> torch.allclose(rotate(x, inverse=True), x)  # not bit-exact: float rounding of the transform
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def supported(n: int) -> bool:
+    """True when ``n`` is 2^k or 12 * 2^k (k >= 0)."""
+    m = n // 12 if n % 12 == 0 else n
+    return m >= 1 and m & (m - 1) == 0
+
+
+def paley12() -> torch.Tensor:
+    """The 12 x 12 Hadamard matrix of Paley's first construction (q = 11): H H^T = 12 I, entries ±1."""
+    residues = {(i * i) % 11 for i in range(1, 11)}
+    chi = [0] + [1 if a in residues else -1 for a in range(1, 11)]
+    h = torch.zeros(12, 12)
+    h[0, 1:], h[1:, 0] = 1.0, -1.0
+    for i in range(11):
+        for j in range(11):
+            h[1 + i, 1 + j] = chi[(j - i) % 11]
+    return h + torch.eye(12)
+
+
+def _signs(n: int, device, dtype) -> torch.Tensor:
+    """The fixed ±1 per channel for size n (seeded by n: the same on every machine and in every process)."""
+    key = ("signs", n, str(device), dtype)
+    if key not in _CACHE:
+        g = torch.Generator().manual_seed(n)
+        _CACHE[key] = (torch.randint(0, 2, (n,), generator=g) * 2 - 1).to(device=device, dtype=dtype)
+    return _CACHE[key]
+
+
+def _h12(device, dtype) -> torch.Tensor:
+    key = ("h12", str(device), dtype)
+    if key not in _CACHE:
+        _CACHE[key] = paley12().to(device=device, dtype=dtype)
+    return _CACHE[key]
+
+
+def _fwht(x: torch.Tensor) -> torch.Tensor:
+    """x (N, p), p = 2^k -> x @ H_p (Sylvester, unnormalized; H_p is symmetric and H_p H_p = p I)."""
+    n, p = x.shape
+    h = 1
+    while h < p:
+        v = x.reshape(n, p // (2 * h), 2, h)
+        x = torch.stack((v[:, :, 0] + v[:, :, 1], v[:, :, 0] - v[:, :, 1]), dim=2).reshape(n, p)
+        h *= 2
+    return x
+
+
+def rotate(x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """The orthogonal rotation of the last dim of ``x`` (..., n) (``inverse``: its transpose); ValueError for
+    an unsupported n (:func:`supported`)."""
+    n = x.shape[-1]
+    if not supported(n):
+        raise ValueError(f"a Hadamard rotation needs 2^k or 12 * 2^k features, got {n}")
+    m = 12 if n % 12 == 0 else 1
+    d = _signs(n, x.device, x.dtype)
+    y = x.reshape(-1, n)  # (N, n)
+    if not inverse:
+        y = y * d
+    y = _fwht(y.reshape(-1, n // m)).reshape(-1, m, n // m)  # (N, m, p): each row of p times H_p
+    if m > 1:  # rows mixed by H12 (forward) or H12^T (inverse)
+        h = _h12(x.device, x.dtype)
+        y = torch.einsum("ij,njp->nip", h.T if inverse else h, y)
+    y = y.reshape(-1, n) * (1.0 / math.sqrt(n))
+    if inverse:
+        y = y * d
+    return y.reshape(x.shape)
