@@ -1,12 +1,13 @@
 """Randomized Hadamard rotation of a Linear's input space (QuaRot, Ashkboos et al. 2024).
 
 ``y = x W^T = rotate(x) rotate(W)^T`` for the orthogonal map ``rotate`` on the last dim: a fixed ±1 sign per
-channel, then the Hadamard transform (Sylvester for 2^k, Paley's 12 x 12 Kronecker 2^k), scaled by 1/sqrt(n).
+channel, then the Hadamard transform (Sylvester for 2^k, Paley's 12 x 12 Kronecker 2^k), scaled by 1/sqrt(n);
+the transform is applied as products with its Kronecker factors (12, and two of about sqrt(2^k)).
 Rotated, an outlier channel is spread over all channels, so a per-token activation range is set by the
 token's norm rather than by its largest channel. Sizes: 2^k or 12 * 2^k (384, 768, 1024, 1536, 3072, 4096).
 
 >>> y = rotate(x)                     # (..., n), same norm per row
->>> torch.allclose(rotate(x, inverse=True), x)  # not bit-exact: float rounding of the transform
+>>> torch.allclose(rotate(y, inverse=True), x, atol=1e-5)  # its inverse (up to float rounding)
 """
 
 from __future__ import annotations
@@ -45,22 +46,18 @@ def _signs(n: int, device, dtype) -> torch.Tensor:
     return _CACHE[key]
 
 
-def _h12(device, dtype) -> torch.Tensor:
-    key = ("h12", str(device), dtype)
+def _factor(name: str, k: int, device, dtype) -> torch.Tensor:
+    """A cached dense Hadamard factor: ``h12`` (12 x 12, Paley) or ``syl`` (k x k, Sylvester, symmetric)."""
+    key = (name, k, str(device), dtype)
     if key not in _CACHE:
-        _CACHE[key] = paley12().to(device=device, dtype=dtype)
+        if name == "h12":
+            h = paley12()
+        else:
+            h = torch.ones(1, 1)
+            while h.shape[0] < k:
+                h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+        _CACHE[key] = h.to(device=device, dtype=dtype)
     return _CACHE[key]
-
-
-def _fwht(x: torch.Tensor) -> torch.Tensor:
-    """x (N, p), p = 2^k -> x @ H_p (Sylvester, unnormalized; H_p is symmetric and H_p H_p = p I)."""
-    n, p = x.shape
-    h = 1
-    while h < p:
-        v = x.reshape(n, p // (2 * h), 2, h)
-        x = torch.stack((v[:, :, 0] + v[:, :, 1], v[:, :, 0] - v[:, :, 1]), dim=2).reshape(n, p)
-        h *= 2
-    return x
 
 
 def rotate(x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
@@ -70,14 +67,18 @@ def rotate(x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
     if not supported(n):
         raise ValueError(f"a Hadamard rotation needs 2^k or 12 * 2^k features, got {n}")
     m = 12 if n % 12 == 0 else 1
+    p = n // m
+    p1 = 1 << ((p.bit_length() - 1) // 2)  # H_p = H_p1 (x) H_p2 (Sylvester), each applied as a small product
+    p2 = p // p1
     d = _signs(n, x.device, x.dtype)
     y = x.reshape(-1, n)  # (N, n)
     if not inverse:
         y = y * d
-    y = _fwht(y.reshape(-1, n // m)).reshape(-1, m, n // m)  # (N, m, p): each row of p times H_p
-    if m > 1:  # rows mixed by H12 (forward) or H12^T (inverse)
-        h = _h12(x.device, x.dtype)
-        y = torch.einsum("ij,njp->nip", h.T if inverse else h, y)
+    y = y.reshape(-1, m, p1, p2) @ _factor("syl", p2, x.device, x.dtype)  # (N, m, p1, p2)
+    y = _factor("syl", p1, x.device, x.dtype) @ y
+    if m > 1:  # the 12-row blocks mixed by H12 (forward) or H12^T (inverse)
+        h = _factor("h12", 12, x.device, x.dtype)
+        y = (h.T if inverse else h) @ y.reshape(-1, m, p)
     y = y.reshape(-1, n) * (1.0 / math.sqrt(n))
     if inverse:
         y = y * d
