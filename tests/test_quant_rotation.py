@@ -117,8 +117,7 @@ def test_rotate_and_token_refused_where_they_do_not_apply(part, fields, match):
         QuantConfig.from_dict({"weight": {"bits": 8}, "overrides": {"query": {"rotate": True}}}).validate()
 
 
-def rotated_student() -> tuple[nn.Module, nn.Module, list[dict]]:
-    teacher = xlmr()
+def rotated_student() -> tuple[nn.Module, list[dict]]:
     student = xlmr()
     prepare(student, QuantConfig.from_dict({"weight": {"bits": 4, "granularity": "group", "group_size": 8},
                                             "act": ROT8, "skip": ["classifier"]}))
@@ -126,11 +125,11 @@ def rotated_student() -> tuple[nn.Module, nn.Module, list[dict]]:
     data = [{"input_ids": torch.randint(3, 120, (4, 9), generator=g), "attention_mask": torch.ones(4, 9, dtype=torch.long)}
             for _ in range(3)]
     calibrate(student, data, len(data))
-    return student, teacher, data
+    return student, data
 
 
 def test_gptq_and_bias_correction_work_in_the_rotated_basis():
-    student, teacher, data = rotated_student()
+    student, data = rotated_student()
     linears = {n: m for n, m in student.named_modules() if isinstance(m, QuantLinear) and m.rotated}
     assert len(linears) == 12  # 2 layers x (q, k, v, attn out, ffn in, ffn out); classifier FP
     before = {n: m.weight.detach().clone() for n, m in linears.items()}
@@ -157,7 +156,7 @@ def test_gptq_and_bias_correction_work_in_the_rotated_basis():
 
 
 def test_export_refuses_rotated_or_per_token_inputs():
-    student, _, _ = rotated_student()
+    student, _ = rotated_student()
     set_enabled(student, True)
     with pytest.raises(SdqError, match="per token or in a rotated basis"):
         collect(student)
