@@ -159,16 +159,10 @@ class QuantEmbedding(_QuantWeightMixin, nn.Embedding):
             rows = torch.where((uniq == self.padding_idx)[:, None], rows.detach(), rows)
         return TF.embedding(inv, self._noisy(rows, q(rows, rows=uniq)))
 
-    def rotate_input(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., in) -> the input in the stored weight's basis (x itself unless ``rotated``)."""
-        return rotate(x) if self.rotated else x
-
     @torch.no_grad()
     def folded_weight(self) -> torch.Tensor:
-        """The fake-quantized weight in the input's own basis (rotated back when ``rotated``)."""
         wq = self.weight_quantizer
-        w = self.weight.detach().clone() if wq is None or not wq._enabled else wq(self.weight)
-        return rotate(w, inverse=True) if self.rotated else w
+        return self.weight.detach().clone() if wq is None or not wq._enabled else wq(self.weight)
 
     def to_embedding(self) -> nn.Embedding:
         """Plain nn.Embedding holding the fake-quantized table."""
