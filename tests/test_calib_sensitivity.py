@@ -80,6 +80,17 @@ def test_probe_matches_prepare_of_that_module_alone_and_restores():
         assert row["kl"] > 0
 
 
+def test_probe_with_rotated_inputs_restores_the_float_weights_exactly():
+    model, bs = xlmr(), batches()
+    fp, before = logits(model, bs), {k: v.clone() for k, v in model.state_dict().items()}
+    rot = {"weight": {"bits": 8, "granularity": "channel"},
+           "act": {"bits": 8, "symmetric": False, "granularity": "token", "rotate": True}}
+    rows = layer_sensitivity(model, QuantConfig.from_dict(rot), bs, weight_bits=4, act_bits=8)
+    assert len(rows) == 12 and all(r["kl"] > 0 for r in rows)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # rotated in place, then back
+    assert all(torch.equal(a, b) for a, b in zip(fp, logits(model, bs), strict=True))
+
+
 def test_kind_sensitivity_rows():
     model, bs = xlmr(), batches()
     rows = kind_sensitivity(model, QuantConfig.from_dict(W8A8), bs, weight_bits=2)

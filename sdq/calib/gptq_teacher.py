@@ -89,7 +89,8 @@ def _moments(layers: dict[str, QuantLinear], t_layers: dict[str, nn.Module], run
 
     def pair(name: str, mod: QuantLinear, x: torch.Tensor, _out: torch.Tensor) -> None:
         xq, acc = what_it_multiplies(mod, x), out[name]  # (N, in)
-        t = xt[name].to(xq.device)  # (N, in): the teacher's input on the same tokens, wherever the teacher runs
+        t = mod.rotate_input(xt[name].to(xq.device))  # (N, in): the teacher's input on the same tokens, in the
+        # student's basis (rotated with it), wherever the teacher runs
         # products in float32 where the activations are (as gptq's H), each batch's sum kept in float64
         acc.h += (xq.T @ xq).double().cpu()
         acc.g += (t.T @ xq).double().cpu()
@@ -111,7 +112,7 @@ def _round_towards(mod: QuantLinear, t_mod: nn.Linear, m: Moments, damp: float, 
     """GPTQ towards the teacher's layer ``t_mod`` on one layer; with ``bias`` the bias takes the teacher's mean
     output too (the intercept of the same least squares: the weights on the centered moments, then
     ``b = b_t + W_t mean(X_t) - Q mean(X_q)`` with Q the quantized weight)."""
-    w = t_mod.weight.detach().cpu().double()  # (R, C): the teacher's weight
+    w = mod.rotate_input(t_mod.weight.detach().cpu().double())  # (R, C): the teacher's weight, student's basis
     if not (bias and mod.bias is not None and t_mod.bias is not None and m.n):
         round_layer(mod, m.h, damp, m.g, target=w)
         return

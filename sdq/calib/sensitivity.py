@@ -112,14 +112,17 @@ def probe(model: nn.Module, names: list[str], qcfg: QuantConfig, batches: list[d
     wcfg = (qcfg.weight or DEFAULT_W).replace(bits=weight_bits)
     ecfg = (qcfg.embedding or DEFAULT_E).replace(bits=weight_bits)
     acfg = qcfg.act.replace(bits=act_bits or qcfg.act.bits) if qcfg.act is not None else None
-    old = {}
+    old, weights = {}, {}
     for name in names:
         mod = model.get_submodule(name)
         if isinstance(mod, nn.Embedding):
             new = QuantEmbedding.from_embedding(mod, ecfg)
         else:
             w = qcfg.weight_config(name, wcfg) is not None
-            new = QuantLinear.from_linear(mod, wcfg if w else None, None if qcfg.skipped(name) else acfg)
+            a = None if qcfg.skipped(name) else acfg
+            if a is not None and a.rotate:  # from_linear rotates the shared weight in place: restored below
+                weights[name] = mod.weight.detach().clone()
+            new = QuantLinear.from_linear(mod, wcfg if w else None, a)
         old[name] = _swap(model, name, new)
     try:
         was = model.training
@@ -133,6 +136,8 @@ def probe(model: nn.Module, names: list[str], qcfg: QuantConfig, batches: list[d
     finally:
         for name, mod in old.items():
             _swap(model, name, mod)
+            if name in weights:
+                mod.weight.copy_(weights[name])
     return out
 
 

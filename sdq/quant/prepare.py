@@ -102,7 +102,8 @@ def set_phase(model: nn.Module, phase: str, pattern: str | None = None) -> None:
 
 
 def set_enabled(model: nn.Module, enabled: bool) -> None:
-    """Turn all fake quantization on/off (off: forward equals the FP model exactly)."""
+    """Turn all fake quantization on/off (off: forward equals the FP model exactly; rotated layers up to float
+    rounding)."""
     for _, q in quantizers(model):
         q.set_enabled(enabled)
 
