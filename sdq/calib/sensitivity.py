@@ -18,6 +18,7 @@ Command line: :mod:`sdq.calib.sensitivity_cli`.
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import re
@@ -112,17 +113,14 @@ def probe(model: nn.Module, names: list[str], qcfg: QuantConfig, batches: list[d
     wcfg = (qcfg.weight or DEFAULT_W).replace(bits=weight_bits)
     ecfg = (qcfg.embedding or DEFAULT_E).replace(bits=weight_bits)
     acfg = qcfg.act.replace(bits=act_bits or qcfg.act.bits) if qcfg.act is not None else None
-    old, weights = {}, {}
+    old = {}
     for name in names:
         mod = model.get_submodule(name)
         if isinstance(mod, nn.Embedding):
             new = QuantEmbedding.from_embedding(mod, ecfg)
-        else:
+        else:  # on a copy: from_linear may change the weight in place (quant.act.rotate), the FP module must not
             w = qcfg.weight_config(name, wcfg) is not None
-            a = None if qcfg.skipped(name) else acfg
-            if a is not None and a.rotate:  # from_linear rotates the shared weight in place: restored below
-                weights[name] = mod.weight.detach().clone()
-            new = QuantLinear.from_linear(mod, wcfg if w else None, a)
+            new = QuantLinear.from_linear(copy.deepcopy(mod), wcfg if w else None, None if qcfg.skipped(name) else acfg)
         old[name] = _swap(model, name, new)
     try:
         was = model.training
@@ -136,8 +134,6 @@ def probe(model: nn.Module, names: list[str], qcfg: QuantConfig, batches: list[d
     finally:
         for name, mod in old.items():
             _swap(model, name, mod)
-            if name in weights:
-                mod.weight.copy_(weights[name])
     return out
 
 

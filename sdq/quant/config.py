@@ -191,6 +191,13 @@ def _check_activation(cfg: QuantizerConfig | None, where: str, grans: tuple[str,
                              f"use scheme=uniform, not {cfg.scheme}")
 
 
+def _check_not_an_input(cfg: QuantizerConfig | None, where: str) -> None:
+    """Refuse ``rotate`` and ``granularity=token`` on what is not a Linear input (weights, tables, attention)."""
+    if cfg is not None and (cfg.rotate or cfg.granularity == "token"):
+        raise SdqConfigError(f"{where}: rotate and granularity=token apply to Linear inputs only (quant.act); "
+                             "remove them here")
+
+
 @dataclass
 class QuantConfig:
     """What to quantize in a model: each part ``None`` = kept in full precision.
@@ -253,10 +260,7 @@ class QuantConfig:
         _check_activation(self.act, "quant.act", ("tensor", "channel", "token"))
         _check_activation(self.attention, "quant.attention", ("tensor",))
         for part in ("weight", "embedding", "attention"):
-            sub = getattr(self, part)
-            if sub is not None and (sub.rotate or sub.granularity == "token"):
-                raise SdqConfigError(f"quant.{part}: rotate and granularity=token apply to Linear inputs only "
-                                     "(quant.act); remove them here")
+            _check_not_an_input(getattr(self, part), f"quant.{part}")
         for part in ("weight", "embedding"):
             sub = getattr(self, part)
             if sub is not None and sub.kmeans_weighting != "none" and (part == "embedding" or sub.scheme != "kmeans"):
@@ -275,10 +279,7 @@ class QuantConfig:
             if not isinstance(over, dict):
                 raise SdqConfigError(f"{where} must be a mapping of quantizer fields, got {over!r}")
             _unknown(set(over) - set(known), known, where)
-            sub = self.override_for(pattern, self.weight).validate(where)
-            if sub.rotate or sub.granularity == "token":
-                raise SdqConfigError(f"{where}: rotate and granularity=token apply to Linear inputs only "
-                                     "(quant.act); remove them here")
+            _check_not_an_input(self.override_for(pattern, self.weight).validate(where), where)
         p = self.quant_noise_p
         if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= float(p) <= 1.0:
             raise SdqConfigError(f"quant.quant_noise_p={p!r} must be a number in [0, 1] (0 = off)")

@@ -1,8 +1,8 @@
 """Integer-domain W8A8 linear: the student's eval forward as an int8 GEMM computes it, bit for bit.
 
-A :class:`~sdq.quant.QuantLinear` whose input is quantized per tensor (uniform, <= 8 bits) and whose weight
-is uniform symmetric per channel/tensor (<= 8 bits), and that is not ``rotated``, evaluates (eval mode, no grad) with the scales
-factored out of the sum, as integer hardware does::
+A :class:`~sdq.quant.QuantLinear` whose input is quantized per tensor (uniform, <= 8 bits), whose weight
+is uniform symmetric per channel/tensor (<= 8 bits) and that is not ``rotated`` evaluates (eval mode, no
+grad) with the scales factored out of the sum, as integer hardware does::
 
     y = (c_x @ c_w^T) * (s_x * s_w) + b,   c_x = clamp(round(x * (1/s_x)) + z, qmin, qmax) - z,
                                             c_w = clamp(round(w * (1/s_w)), wmin, wmax)

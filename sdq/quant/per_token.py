@@ -28,23 +28,22 @@ class PerTokenQuantizer(QuantizerBase):
     def _layout(self) -> tuple[int, int]:
         return 1, -1  # no stored params: the groups (tokens) are only known at run time
 
-    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Fake-quantize ``x`` (..., C) with a range per token (straight-through gradient to x)."""
-        if not self._enabled:
-            return x
-        if not self._initialized:
-            self._mark_initialized()
-        x2d = x.reshape(-1, x.shape[-1])  # (N, C): one row per token
+    def view2d(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, x.shape[-1])  # (N, C): one row (one range) per token
+
+    def unview(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return y.reshape(like.shape)
+
+    def _fit(self, x2d: torch.Tensor, gidx: torch.Tensor | None) -> None:  # nothing to fit: ranges are dynamic
+        pass
+
+    def _quantize(self, x2d: torch.Tensor, gidx: torch.Tensor | None) -> torch.Tensor:
+        """(N, C) -> fake-quantized with each row's own min-max range (straight-through gradient to x)."""
         qmin, qmax = F.qrange(self.cfg.bits, self.cfg.symmetric, self.cfg.narrow_range)
         with torch.no_grad():
             lo, hi = F.observe_minmax(x2d.detach().float())  # (N, 1) each
             scale, zp = F.scale_zero_point(lo, hi, qmin, qmax, self.cfg.symmetric)
-        if self.training:
-            self._step += 1
-        return F.fake_quant(x2d, scale, zp, qmin, qmax).reshape(x.shape)
-
-    def _fit(self, x2d: torch.Tensor, gidx: torch.Tensor | None) -> None:  # nothing to fit: ranges are dynamic
-        pass
+        return F.fake_quant(x2d, scale, zp, qmin, qmax)
 
     def storage_bits(self) -> tuple[float, float]:
         return float(self.cfg.bits), 0.0
