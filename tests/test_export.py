@@ -344,7 +344,8 @@ def test_per_channel_input_qdq_and_grouped_codes_equal_a_hand_computation():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     scale, zp = np.array([0.1, 0.5, 0.05, 1.0], np.float32), np.array([128, 100, 0, 255])
     plan = LinearPlan(weight=weight, act=ActQuant(scale, zp, 0, 255), grouped=(codes, w_scale, None))
-    assert rewrite_linears(model, {"lin": plan}) == {"integer": 0, "act_qdq": 1, "float": 0, "int_weight": 1}
+    assert rewrite_linears(model, {"lin": plan}) == {"integer": 0, "act_qdq": 1, "float": 0, "int_weight": 1,
+                                                      "per_token": 0, "rotated": 0}
     inits = {t.name: t for t in model.graph.initializer}
     assert "w" not in inits and inits["lin.w_codes"].data_type == TensorProto.INT8
     x = rng.normal(scale=3.0, size=(2, 3, 4)).astype(np.float32)  # (B, T, in)

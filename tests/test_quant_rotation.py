@@ -1,6 +1,7 @@
 """Rotated per-token activations (quant.act.rotate, granularity=token): the Hadamard rotation against its
 explicit matrix, the per-token quantizer against a hand-written reference, QuantLinear's product and folded
-weight, GPTQ and bias correction on rotated layers, the config refusals and the export refusal."""
+weight, GPTQ and bias correction on rotated layers and the config refusals (the export:
+test_export_rotated.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from torch import nn
 from sdq.calib import calibrate, correct_bias, gptq
 from sdq.calib.calibrate import each_call
 from sdq.calib.gptq_teacher import gptq_teacher
-from sdq.errors import SdqConfigError, SdqError
-from sdq.export.collect import collect
-from sdq.quant import QuantConfig, QuantizerConfig, prepare, set_enabled
+from sdq.errors import SdqConfigError
+from sdq.quant import QuantConfig, QuantizerConfig, prepare
 from sdq.quant.factory import make_quantizer
 from sdq.quant.modules import QuantLinear
 from sdq.quant.per_token import PerTokenQuantizer
@@ -154,13 +154,6 @@ def test_gptq_and_bias_correction_work_in_the_rotated_basis():
         float_out = x @ rotate(lin.weight, inverse=True).T + b0
         torch.testing.assert_close(out.mean(0), float_out.mean(0), rtol=0, atol=1e-5)
         assert (lin.bias - b0).abs().max() > 1e-4  # 4-bit weights, 8-bit inputs: a real shift corrected
-
-
-def test_export_refuses_rotated_or_per_token_inputs():
-    student, _ = rotated_student()
-    set_enabled(student, True)
-    with pytest.raises(SdqError, match="per token or in a rotated basis"):
-        collect(student)
 
 
 def test_rotated_layer_never_takes_the_unrotated_int8_path():

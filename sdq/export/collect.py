@@ -2,7 +2,9 @@
 activation quantization of every Linear input, and the plain model holding the effective weights.
 
 The student is not modified (a deep copy is stripped). Every packed weight is checked to dequantize
-bit-exactly to the weight the fake-quantized forward uses (``folded_weight``).
+bit-exactly to the weight the fake-quantized forward uses. A Linear whose input is rotated
+(``quant.act.rotate``) is packed in the rotated basis, as its forward uses it (the packed meta says
+``"rotated": true``); the plain model holds it rotated back (``folded_weight``).
 
 >>> col = collect(student)
 >>> col.plain          # plain HF model (strip()), col.tensors["roberta...query.weight"] -> (meta, arrays)
@@ -31,14 +33,19 @@ class Collected:
     attention_quantized: bool = False
 
 
-def act_params(q: nn.Module) -> dict | None:
-    """Per-tensor/channel input quantization of a Linear as plain numbers (None when disabled)."""
+def act_params(q: nn.Module, rotated: bool = False) -> dict | None:
+    """A Linear's input quantization as plain numbers (None when disabled): static per-tensor/channel
+    ``scale``/``zero_point``, or ``granularity="token"`` (dynamic min-max per token, ``symmetric``, no
+    stored params); ``rotate``: the input is rotated first (:func:`sdq.quant.rotation.rotate`)."""
     if q is None or not bool(q.enabled):
         return None
     qmin, qmax = q.qrange()
-    return {"scale": q.scale.detach().float().reshape(-1).tolist(),
-            "zero_point": q.zero_point.detach().float().reshape(-1).tolist(),
-            "qmin": int(qmin), "qmax": int(qmax), "granularity": q.cfg.granularity, "bits": int(q.cfg.bits)}
+    out = {"qmin": int(qmin), "qmax": int(qmax), "granularity": q.cfg.granularity, "bits": int(q.cfg.bits),
+           "rotate": bool(rotated)}
+    if isinstance(q, PerTokenQuantizer):
+        return out | {"symmetric": bool(q.cfg.symmetric)}
+    return out | {"scale": q.scale.detach().float().reshape(-1).tolist(),
+                  "zero_point": q.zero_point.detach().float().reshape(-1).tolist()}
 
 
 @torch.no_grad()
@@ -50,30 +57,33 @@ def collect(student: nn.Module) -> Collected:
     if not mods:
         raise SdqError("model has no sdq quantizers; export_quantized needs a prepared student "
                        "(sdq.quant.prepare) or a checkpoint of a quantized run")
-    dynamic = [n for n, m in mods if isinstance(m, QuantLinear) and (m.rotated or isinstance(
-        m.act_quantizer, PerTokenQuantizer))]
-    if dynamic:
-        raise SdqError(f"export: {dynamic[0]} (and {len(dynamic) - 1} more) quantizes its input per token or in a "
-                       "rotated basis (quant.act.granularity=token / quant.act.rotate), which the export formats "
-                       "do not carry; export a student with static activation ranges (e.g. quant=w8a8_g32)")
     out = Collected(plain=model)
+    rotated: dict[str, torch.Tensor] = {}  # packed key -> the fake-quantized weight in the rotated basis
     for name, mod in mods:
         wq = mod.weight_quantizer
-        if wq is not None and bool(wq.enabled):
+        has_wq = wq is not None and bool(wq.enabled)
+        if getattr(mod, "rotated", False) and not has_wq:
+            raise SdqError(f"export: {name} rotates its input but keeps its weight FP (quant.weight is null); "
+                           "the export packs rotated weights only as codes: quantize the weights or set "
+                           "quant.act.rotate=false")
+        if has_wq:
             if wq.phase_name == "calibrate":  # what its forward would do first: fit the full weight
                 wq.calibrate_(mod.weight)
                 wq.set_phase("frozen")
             codes, params = wq.quantize_int(mod.weight.detach())
             out.tensors[f"{name}.weight"] = pack_tensor(f"{name}.weight", codes, params)
+            if getattr(mod, "rotated", False):
+                out.tensors[f"{name}.weight"][0]["rotated"] = True
+                rotated[f"{name}.weight"] = wq(mod.weight)
         if isinstance(mod, QuantLinear):
-            a = act_params(mod.act_quantizer)
+            a = act_params(mod.act_quantizer, mod.rotated)
             if a is not None:
                 out.acts[name] = a
     out.attention_quantized = any(getattr(m, "sdq_attn", None) is not None for m in model.modules())
-    out.plain = strip(model)  # effective (fake-quantized) weights folded in
+    out.plain = strip(model)  # effective (fake-quantized) weights folded in (rotated ones rotated back)
     state = out.plain.state_dict()
     for key, (meta, arrays) in out.tensors.items():
-        back, effective = dequantize(meta, arrays, key), state[key]
+        back, effective = dequantize(meta, arrays, key), rotated.get(key, state[key])
         if not torch.equal(back, effective.float()):
             err = (back - effective).abs().max().item()
             raise SdqError(f"packed {key} differs from the fake-quantized weight (max {err:.3g}); "

@@ -1,7 +1,8 @@
 """``load_quantized``: a runnable model from an export directory, verified against its sha256 manifest.
 
 ``backend="torch"`` dequantizes every packed tensor into a plain HF model built from the saved config
-(bit-exact with the fake-quantized student's ``strip()`` weights; activation quantization dropped);
+(bit-exact with the fake-quantized student's ``strip()`` weights, rotated ones rotated back as ``strip()``
+does; activation quantization dropped);
 ``backend="int8"`` is that model with the student's activation quantization and int8 x int8 -> int32
 GEMMs (:mod:`sdq.export.torch_int8`): its logits equal the student's; ``backend="onnx"`` runs the
 directory's ``model.onnx`` with onnxruntime on CPU (integer GEMMs for per-tensor inputs, else Q/DQ + float
@@ -28,6 +29,7 @@ from sdq.export.ort_model import OrtModel
 from sdq.export.pack import dequantize
 from sdq.export.torch_int8 import int8_model
 from sdq.export.writer import FORMAT, MANIFEST_FILE, META_FILE, ONNX_FILE, VERSION, WEIGHTS_FILE, sha256_file
+from sdq.quant.rotation import rotate
 
 BACKENDS = ("torch", "int8", "onnx")
 V1_WEIGHTS_FILE = "model.safetensors"  # where format v1 kept the packed weights
@@ -85,12 +87,14 @@ def read_export(path: str | Path, verify: bool = True) -> tuple[dict, dict[str, 
 
 
 def plain_state(meta: dict, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """The state_dict of the plain model: packed tensors dequantized, FP tensors as stored."""
+    """The state_dict of the plain model: packed tensors dequantized (those packed in a rotated basis rotated
+    back, as the student's ``folded_weight``), FP tensors as stored."""
     packed = meta["tensors"]
     owned = {f"{k}.{s}" for k in packed for s in ("codes", "scale", "zero_point", "offset", "codebook", "alpha")}
     state = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k not in owned}
     for key, m in packed.items():
-        state[key] = dequantize(m, arrays, key)
+        w = dequantize(m, arrays, key)
+        state[key] = rotate(w, inverse=True) if m.get("rotated") else w
     return state
 
 

@@ -26,15 +26,16 @@ import torch
 from torch import nn
 
 from sdq.errors import SdqError
+from sdq.export.onnx_dynamic import TokenQuant
+from sdq.export.onnx_embedding import rewrite_gather
 from sdq.export.onnx_graph import (
     ActQuant,
     LinearPlan,
     fusable_qkv,
     rewrite_attention,
-    rewrite_gather,
     rewrite_linears,
 )
-from sdq.export.pack import codes_of
+from sdq.export.pack import codes_of, dequantize
 
 OPSET = 17
 
@@ -55,6 +56,10 @@ def make_plans(plain: nn.Module, meta: dict, arrays: dict[str, np.ndarray]) -> d
         elif a is not None and a["granularity"] == "channel":  # (in,) along the input's last axis
             plan.act = ActQuant(np.asarray(a["scale"], np.float32), np.rint(a["zero_point"]).astype(np.int64),
                                 a["qmin"], a["qmax"])
+        elif a is not None and a["granularity"] == "token":  # each token's own range, at run time
+            plan.act = TokenQuant(a["qmin"], a["qmax"], bool(a["symmetric"]))
+        if packed is not None and packed.get("rotated"):  # codes and weight in the student's rotated basis
+            plan.rotated = dequantize(packed, arrays, key).numpy()
         if packed is not None and packed["scheme"] == "uniform" and packed["bits"] <= 8:
             codes = codes_of(packed, arrays, key).numpy()  # (G, n) in sdq.quant's grouped view
             plan.grouped = (codes, arrays[f"{key}.scale"], arrays.get(f"{key}.zero_point"))  # + (G, 1) params

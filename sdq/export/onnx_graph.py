@@ -6,8 +6,9 @@ Each Linear of the student becomes, by its own quantizers (``LinearPlan``):
   ``com.microsoft.MatMulIntegerToFloat(x_q, W_q, s_a, s_w, z_a, z_w)``: int8 x int8 -> int32 on
   MLAS/VNNI, rescaled per output channel: ``(x_q - z_a) @ (W_q - z_w) * s_a * s_w`` -- the same
   numbers as the fake-quantized forward (up to float summation order);
-- a float MatMul (weights grouped or non-uniform, or inputs quantized per channel), its input through
-  ``QuantizeLinear -> DequantizeLinear`` (per channel: ``axis=-1``) when the student quantizes it, its
+- a float MatMul (weights grouped or non-uniform, or inputs quantized per channel or per token), its input
+  rotated first when the student rotates it and then through ``QuantizeLinear -> DequantizeLinear`` (per
+  channel: ``axis=-1``) or the per-token ops of :mod:`sdq.export.onnx_dynamic`, its
   weight stored as 8-bit uniform codes + scales and dequantized in the graph (``Cast -> Sub -> Mul``,
   constant-folded by onnxruntime at session start) or, for non-uniform schemes, as the effective weight;
 - nothing: the float MatMul stays.
@@ -28,6 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from sdq.errors import SdqError
+from sdq.export.onnx_dynamic import Rotations, TokenQuant, token_nodes
 
 
 @dataclass(eq=False)
@@ -58,28 +60,28 @@ class LinearPlan:
     """How one Linear runs: ``weight`` (out, in) effective float weight (what the graph holds now);
     ``codes`` (out, in) integer weight codes with ``w_scale``/``w_zero_point`` (out,) when integer;
     ``act``: the input quantization, or None; ``grouped``: the uniform codes (G, n) with scale/zero point
-    (G, 1) of sdq.quant's grouped view (any granularity), stored as 8-bit codes when the MatMul stays float."""
+    (G, 1) of sdq.quant's grouped view (any granularity), stored as 8-bit codes when the MatMul stays float;
+    ``rotated``: the student's weight (out, in) in its rotated input basis when it rotates the input (the
+    codes are in that basis too), else None."""
 
     weight: np.ndarray
-    act: ActQuant | None = None
+    act: ActQuant | TokenQuant | None = None
     codes: np.ndarray | None = None
     w_scale: np.ndarray | None = None
     w_zero_point: np.ndarray | None = None
     grouped: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
+    rotated: np.ndarray | None = None
 
     @property
     def integer(self) -> bool:  # MatMulIntegerToFloat takes one activation scale: per-tensor inputs only
-        return self.act is not None and not self.act.per_channel and self.codes is not None
+        return (isinstance(self.act, ActQuant) and not self.act.per_channel and self.codes is not None
+                and self.rotated is None)
 
 
 def scope_of(node_name: str) -> str:
     """``/a/b.0/c/MatMul`` -> ``a.b.0.c`` (module path written by torch's TorchScript exporter)."""
     parts = node_name.strip("/").split("/")
     return ".".join(parts[:-1])
-
-
-def _qtype(signed: bool) -> int:
-    return TensorProto.INT8 if signed else TensorProto.UINT8
 
 
 def _act_nodes(x: str, name: str, act: ActQuant, dequant: bool, inits: list) -> tuple[list, str]:
@@ -160,7 +162,9 @@ def rewrite_linears(model: onnx.ModelProto, plans: dict[str, LinearPlan], check_
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     found: set[str] = set()
-    new_nodes, new_inits, counts = [], [], {"integer": 0, "act_qdq": 0, "float": 0, "int_weight": 0}
+    new_nodes, new_inits = [], []
+    counts = {"integer": 0, "act_qdq": 0, "float": 0, "int_weight": 0, "per_token": 0, "rotated": 0}
+    rotations = Rotations(new_inits)
     for node in graph.node:
         name = scope_of(node.name) if node.op_type == "MatMul" else ""
         plan = plans.get(name)
@@ -185,11 +189,22 @@ def rewrite_linears(model: onnx.ModelProto, plans: dict[str, LinearPlan], check_
             counts["integer"] += 1
         else:
             nodes, w = ([], b) if plan.grouped is None else _dequant_weight(plan, name, new_inits)
-            if plan.act is not None:
+            if plan.rotated is not None:
+                rot, x = rotations.of(x, plan.weight.shape[1])
+                nodes += rot
+                if plan.grouped is None:  # the effective weight in the rotated basis, (in, out)
+                    new_inits.append(numpy_helper.from_array(np.ascontiguousarray(plan.rotated.T), f"{name}.w_rot"))
+                    w = f"{name}.w_rot"
+                counts["rotated"] += 1
+            if isinstance(plan.act, TokenQuant):
+                qdq, x = token_nodes(x, name, plan.act, new_inits)
+                nodes += qdq
+            elif plan.act is not None:
                 qdq, x = _act_nodes(x, name, plan.act, dequant=True, inits=new_inits)
                 nodes += qdq
             nodes.append(helper.make_node("MatMul", [x, w], list(node.output), name=node.name))
-            counts["act_qdq" if plan.act is not None else "float"] += 1
+            counts["per_token" if isinstance(plan.act, TokenQuant) else "act_qdq" if plan.act is not None
+                   else "float"] += 1
             counts["int_weight"] += plan.grouped is not None
         new_nodes.extend(nodes)
     missing = sorted(set(plans) - found)
@@ -205,43 +220,6 @@ def rewrite_linears(model: onnx.ModelProto, plans: dict[str, LinearPlan], check_
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return counts
-
-
-def rewrite_gather(model: onnx.ModelProto, weight_name: str, codes: np.ndarray, scale: np.ndarray,
-                   zero_point: np.ndarray | None = None) -> bool:
-    """Replace a float embedding table by int8 codes (V, H) + per-row scale (V,) (+ zero point):
-    ``Gather(table, ids)`` -> ``(Cast(Gather(codes, ids)) - Gather(zp, ids)) * Gather(scale, ids)``."""
-    graph = model.graph
-    users = [n for n in graph.node if n.op_type == "Gather" and n.input[0] == weight_name]
-    if not users:
-        return False
-    dt = np.int8 if int(codes.min()) < 0 else np.uint8
-    base = weight_name.removesuffix(".weight")
-    inits = [numpy_helper.from_array(codes.astype(dt), f"{base}.codes"),
-             numpy_helper.from_array(np.asarray(scale, np.float32).reshape(-1, 1), f"{base}.scale")]
-    if zero_point is not None and np.any(zero_point):
-        inits.append(numpy_helper.from_array(np.asarray(zero_point, np.float32).reshape(-1, 1), f"{base}.zp"))
-    new_nodes = []
-    for node in graph.node:
-        if node not in users:
-            new_nodes.append(node)
-            continue
-        ids, out, p = node.input[1], node.output[0], node.name
-        new_nodes += [helper.make_node("Gather", [f"{base}.codes", ids], [f"{p}.q"], name=f"{p}/q"),
-                      helper.make_node("Cast", [f"{p}.q"], [f"{p}.qf"], to=TensorProto.FLOAT, name=f"{p}/cast"),
-                      helper.make_node("Gather", [f"{base}.scale", ids], [f"{p}.s"], name=f"{p}/s")]
-        q = f"{p}.qf"
-        if len(inits) == 3:
-            new_nodes += [helper.make_node("Gather", [f"{base}.zp", ids], [f"{p}.z"], name=f"{p}/z"),
-                          helper.make_node("Sub", [q, f"{p}.z"], [f"{p}.qz"], name=f"{p}/sub")]
-            q = f"{p}.qz"
-        new_nodes.append(helper.make_node("Mul", [q, f"{p}.s"], [out], name=f"{p}/mul"))
-    keep = [t for t in graph.initializer if t.name != weight_name]
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(keep + inits)
-    return True
 
 
 def _shared_act(plans: list[LinearPlan]) -> ActQuant | None:

@@ -67,9 +67,11 @@ class ExportReport:
         if n_int or n_qatt:
             return (f"model.onnx: int8 ({n_int} MatMulIntegerToFloat + {n_qatt} QAttention integer ops, "
                     f"{ops.get('act_qdq', 0)} Q/DQ + {ops.get('float', 0)} float MatMuls{tail})")
+        dynamic = (f", {ops['per_token']} with per-token input quantization in the graph" if ops.get("per_token")
+                   else "") + (f", {ops['rotated']} with the input rotated first" if ops.get("rotated") else "")
         return (f"model.onnx: float (MatMuls with the dequantized weights: {ops.get('act_qdq', 0)} with Q/DQ input "
-                f"quantization, {ops.get('float', 0)} without; {ops.get('int_weight', 0)} weights stored as 8-bit "
-                f"codes{tail})")
+                f"quantization{dynamic}, {ops.get('float', 0)} without; {ops.get('int_weight', 0)} weights stored as "
+                f"8-bit codes{tail})")
 
     @property
     def transformers_line(self) -> str:

@@ -3,7 +3,8 @@
 Every Linear whose input the student quantized per tensor and whose weight is uniform symmetric per
 channel/tensor (<= 8 bits) becomes a :class:`~sdq.int8.Int8Linear` built from the packed codes
 (the student's eval forward computes the same integers, :mod:`sdq.quant.intdomain`); other Linears with
-quantized inputs keep the student's activation fake-quant before a float matmul on the dequantized weight.
+quantized inputs (per channel, per token, rotated) keep the student's rotation and activation fake-quant
+before a float matmul on the dequantized weight (in the rotated basis where the student rotates).
 Everything else (embeddings dequantized bit-exactly, LayerNorm, attention) is the same HF code as the
 student's, so the logits are equal, not close.
 
@@ -19,25 +20,37 @@ from torch import nn
 
 from sdq.errors import SdqError
 from sdq.export.int8_fuse import fuse_int8
-from sdq.export.pack import codes_of
+from sdq.export.pack import codes_of, dequantize
 from sdq.int8 import Int8Linear
 from sdq.quant.functional import fake_quant
+from sdq.quant.per_token import fake_quant_per_token
+from sdq.quant.rotation import rotate
 
 
 class ActQuantLinear(nn.Module):
-    """A Linear whose input is fake-quantized with the student's static params (per tensor or channel)."""
+    """A Linear whose input is fake-quantized as the student's: static params (per tensor or channel) or
+    each token's own range (``granularity="token"``), after the student's rotation when ``act["rotate"]``
+    (then ``linear`` holds the weight in the rotated basis, as the student's forward uses it)."""
 
     def __init__(self, linear: nn.Linear, act: dict):
         super().__init__()
         self.linear, self.granularity = linear, act["granularity"]
+        self.rotate, self.symmetric = bool(act.get("rotate", False)), bool(act.get("symmetric", False))
         self.qmin, self.qmax = float(act["qmin"]), float(act["qmax"])
+        if self.granularity == "token":  # dynamic: no stored params
+            self.scale = self.zero_point = None
+            return
         shape = (1, 1) if self.granularity == "tensor" else (1, len(act["scale"]))
         self.register_buffer("scale", torch.tensor(act["scale"], dtype=torch.float32).reshape(shape))
         self.register_buffer("zero_point", torch.tensor(act["zero_point"], dtype=torch.float32).reshape(shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
+        if self.rotate:
+            x = rotate(x)
         if self.granularity == "tensor":  # the student's grouped view: (1, numel)
             xq = fake_quant(x.reshape(1, -1), self.scale, self.zero_point, self.qmin, self.qmax)
+        elif self.granularity == "token":  # one range per row of (N, C)
+            xq = fake_quant_per_token(x.reshape(-1, x.shape[-1]), self.qmin, self.qmax, self.symmetric)
         else:  # (C, N) view of (N, C) memory: per-column params on the (N, C) tensor
             xq = fake_quant(x.reshape(-1, x.shape[-1]), self.scale, self.zero_point, self.qmin, self.qmax)
         return TF.linear(xq.reshape(x.shape), self.linear.weight, self.linear.bias)
@@ -46,7 +59,7 @@ class ActQuantLinear(nn.Module):
 def int8_linear(linear: nn.Linear, key: str, packed: dict | None, act: dict,
                 arrays: dict[str, np.ndarray]) -> Int8Linear | None:
     """An Int8Linear from a packed weight + per-tensor activation params, or None when not int8-executable."""
-    if (packed is None or act["granularity"] != "tensor" or act["bits"] > 8 or packed["scheme"] != "uniform"
+    if (packed is None or act["granularity"] != "tensor" or act.get("rotate") or act["bits"] > 8 or packed["scheme"] != "uniform"
             or packed["granularity"] not in ("channel", "tensor") or packed["bits"] > 8
             or f"{key}.zero_point" in arrays or f"{key}.offset" in arrays):
         return None
@@ -77,6 +90,8 @@ def int8_model(plain: nn.Module, meta: dict, arrays: dict[str, np.ndarray], comp
             new = int8_linear(lin, key, meta["tensors"].get(key), acts[full], arrays)
             if new is not None:
                 new.compiled = compile
+            elif acts[full].get("rotate"):  # the student's weight in its rotated basis, bit for bit
+                lin.weight.data = dequantize(meta["tensors"][key], arrays, key).to(lin.weight.dtype)
             setattr(mod, child, new if new is not None else ActQuantLinear(lin, acts[full]))
     if fuse:
         fuse_int8(plain)

@@ -17,6 +17,18 @@ from sdq.quant.base import QuantizerBase
 from sdq.quant.config import QuantizerConfig
 
 
+def fake_quant_per_token(x2d: torch.Tensor, qmin: float, qmax: float, symmetric: bool) -> torch.Tensor:
+    """(N, C) -> fake-quantized with each row's own min-max range (straight-through gradient to x); the
+    student's arithmetic and its export's (:mod:`sdq.export.torch_int8`).
+
+    >>> y = fake_quant_per_token(x.reshape(-1, 384), 0, 255, symmetric=False)
+    """
+    with torch.no_grad():
+        lo, hi = F.observe_minmax(x2d.detach().float())  # (N, 1) each
+        scale, zp = F.scale_zero_point(lo, hi, qmin, qmax, symmetric)
+    return F.fake_quant(x2d, scale, zp, qmin, qmax)
+
+
 class PerTokenQuantizer(QuantizerBase):
     """``granularity=token`` for activations (uniform scheme): min-max per row of the (N, C) view."""
 
@@ -39,11 +51,12 @@ class PerTokenQuantizer(QuantizerBase):
 
     def _quantize(self, x2d: torch.Tensor, gidx: torch.Tensor | None) -> torch.Tensor:
         """(N, C) -> fake-quantized with each row's own min-max range (straight-through gradient to x)."""
-        qmin, qmax = F.qrange(self.cfg.bits, self.cfg.symmetric, self.cfg.narrow_range)
-        with torch.no_grad():
-            lo, hi = F.observe_minmax(x2d.detach().float())  # (N, 1) each
-            scale, zp = F.scale_zero_point(lo, hi, qmin, qmax, self.cfg.symmetric)
-        return F.fake_quant(x2d, scale, zp, qmin, qmax)
+        qmin, qmax = self.qrange()
+        return fake_quant_per_token(x2d, qmin, qmax, self.cfg.symmetric)
+
+    def qrange(self) -> tuple[float, float]:
+        """(qmin, qmax) of the codes, python floats."""
+        return F.qrange(self.cfg.bits, self.cfg.symmetric, self.cfg.narrow_range)
 
     def storage_bits(self) -> tuple[float, float]:
         return float(self.cfg.bits), 0.0

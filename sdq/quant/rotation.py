@@ -60,16 +60,39 @@ def _factor(name: str, k: int, device, dtype) -> torch.Tensor:
     return _CACHE[key]
 
 
-def rotate(x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-    """The orthogonal rotation of the last dim of ``x`` (..., n) (``inverse``: its transpose); ValueError for
-    an unsupported n (:func:`supported`)."""
-    n = x.shape[-1]
+def dims(n: int) -> tuple[int, int, int]:
+    """``(m, p1, p2)`` with ``n = m * p1 * p2``: the transform is H12 (x) H_p1 (x) H_p2 (m = 12) or H_p1 (x) H_p2
+    (m = 1), Sylvester factors of about sqrt(n / m); ValueError for an unsupported n (:func:`supported`)."""
     if not supported(n):
         raise ValueError(f"a Hadamard rotation needs 2^k or 12 * 2^k features, got {n}")
     m = 12 if n % 12 == 0 else 1
     p = n // m
     p1 = 1 << ((p.bit_length() - 1) // 2)  # H_p = H_p1 (x) H_p2 (Sylvester), each applied as a small product
-    p2 = p // p1
+    return m, p1, p // p1
+
+
+def factors(n: int) -> dict[str, torch.Tensor]:
+    """The pieces of :func:`rotate` for size ``n`` (fp32, CPU), for graphs that apply it themselves (ONNX):
+    ``signs`` (n,), ``syl_p1`` (p1, p1), ``syl_p2`` (p2, p2) and ``h12`` (12, 12, when m = 12), all ±1;
+    ``rotate(x) = (H12 @ (syl_p1 @ (x * signs).reshape(-1, m, p1, p2) @ syl_p2).reshape(-1, m, p1 * p2))
+    .reshape(x.shape) / sqrt(n)``.
+
+    >>> f = factors(384); f["syl_p1"].shape, f["syl_p2"].shape     # (4, 4), (8, 8): 384 = 12 * 4 * 8
+    """
+    m, p1, p2 = dims(n)
+    cpu, f32 = torch.device("cpu"), torch.float32
+    out = {"signs": _signs(n, cpu, f32), "syl_p1": _factor("syl", p1, cpu, f32), "syl_p2": _factor("syl", p2, cpu, f32)}
+    if m > 1:
+        out["h12"] = _factor("h12", 12, cpu, f32)
+    return out
+
+
+def rotate(x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """The orthogonal rotation of the last dim of ``x`` (..., n) (``inverse``: its transpose); ValueError for
+    an unsupported n (:func:`supported`)."""
+    n = x.shape[-1]
+    m, p1, p2 = dims(n)
+    p = p1 * p2
     d = _signs(n, x.device, x.dtype)
     y = x.reshape(-1, n)  # (N, n)
     if not inverse:
