@@ -5,7 +5,8 @@ onnxruntime with the student's own scales; and in torch, int8 GEMMs, bit-identic
 the input quantization compiled into one pass (``compile=True``), with and without the Q/K/V and GELU
 fusions; 7-bit weights run the fast u8 x s8 kernels exactly on CPUs without VNNI; beside the default, each
 other exact kernel that runs here, forced, e.g. with VNNI oneDNN's GEMM with the epilogue fused and
-onnxruntime's beside ``torch._int_mm``) and W4 (weight-only, dequantized float weights in onnxruntime); torch
+onnxruntime's beside ``torch._int_mm``), W8A8 with rotated per-token inputs (``quant=w8a8_rot``: each input
+rotated and quantized at run time, float GEMMs) and W4 (weight-only, dequantized float weights in onnxruntime); torch
 ``quantize_dynamic``
 int8; onnxruntime ``quantize_dynamic`` int8 on the plain ONNX export. Latency at batch 1 and throughput at
 batch 32 (seq 128), timed round-robin (min of ``--reps``) so that load from other processes hits every
@@ -70,14 +71,18 @@ class Forced(torch.nn.Module):
             return self.model(*args, **kwargs)
 
 
-def student(fp: torch.nn.Module, bits: int, act: bool, calib: list[dict]) -> torch.nn.Module:
-    """A fake-quantized copy of ``fp`` calibrated on ``calib`` (random head: speed/size only)."""
+def student(fp: torch.nn.Module, bits: int, act: bool, calib: list[dict], rotate: bool = False) -> torch.nn.Module:
+    """A fake-quantized copy of ``fp`` calibrated on ``calib`` (random head: speed/size only); ``rotate``: its
+    Linear inputs rotated and quantized per token (``quant=w8a8_rot``'s inputs)."""
     from sdq.quant import QuantConfig, prepare, set_phase
 
     m = copy.deepcopy(fp)
+    a = {"bits": 8, "symmetric": False, "observer": "ema"} if act else None
+    if rotate:
+        a = {"bits": 8, "symmetric": False, "granularity": "token", "rotate": True}
     prepare(m, QuantConfig.from_dict({
         "weight": {"bits": bits, "granularity": "channel"},
-        "act": {"bits": 8, "symmetric": False, "observer": "ema"} if act else None,
+        "act": a,
         "embedding": {"bits": bits, "granularity": "row"}}))
     set_phase(m, "calibrate")
     with torch.no_grad():
@@ -153,9 +158,10 @@ def main(argv: list[str] | None = None) -> dict:
         sizes = {"fp32_checkpoint_MB": fp32_bytes / 1e6}
         models = {"torch_fp32": fp}
         # w7a8: 7-bit weight codes are exact on the fast u8 x s8 kernels of CPUs without VNNI (quant=w7a8_int8)
-        for bits, act in ((8, True), (7, True), (4, False), (2, False)):
-            tag = f"w{bits}a8" if act else f"w{bits}"
-            s = student(fp, bits, act, calib[:1])
+        for bits, act, rot in ((8, True, False), (8, True, True), (7, True, False), (4, False, False),
+                               (2, False, False)):
+            tag = (f"w{bits}a8" if act else f"w{bits}") + ("_rot" if rot else "")
+            s = student(fp, bits, act, calib[:1], rotate=rot)
             onnx = act or (bits == 4 and not args.quick)
             rep = export_quantized(s, tmp / tag, onnx=onnx, hf_copy=False)  # the packed file alone
             packed = (tmp / tag / WEIGHTS_FILE).stat().st_size
@@ -165,13 +171,13 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{fp32_bytes / packed:.2f}x smaller than the fp32 checkpoint\n{rep.table()}", flush=True)
             if onnx:
                 models[f"ours_{tag}_onnx"] = OrtModel(tmp / tag / "model.onnx", threads=args.threads)
-                if bits == 8 and not cpu_has_vnni():  # the default rewrote int8 weights as uint8: time u8 x s8 too
+                if bits == 8 and not rot and not cpu_has_vnni():  # the default rewrote int8 weights as uint8: time u8 x s8 too
                     models[f"ours_{tag}_onnx_s8"] = OrtModel(tmp / tag / "model.onnx", args.threads, u8_weights=False)
             if act:  # the int8 backend, and beside it each exact kernel that runs here, forced
-                kernels = int8_kernels(torch.device("cpu"), s8_codes=bits == 7)
-                ours = f"ours_{tag}_torch_int8"
+                kernels = [] if rot else int8_kernels(torch.device("cpu"), s8_codes=bits == 7)
+                ours = f"ours_{tag}_torch_int8"  # rotated: each input rotated and fake-quantized, float GEMMs
                 models[ours] = load_quantized(tmp / tag, backend="int8")
-                if bits == 8:  # the exact fallback, timed beside it
+                if bits == 8 and not rot:  # the exact fallback, timed beside it
                     models[f"{ours}_fp32gemm"] = Forced(models[ours], "fp32")
                 for k in kernels[1:-1]:  # the other integer kernels, forced, eager
                     models[f"{ours}_eager_{k}"] = Forced(models[ours], k)

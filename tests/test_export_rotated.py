@@ -42,6 +42,7 @@ def test_export_of_rotated_and_per_token_inputs_runs_the_students_arithmetic(tmp
     student = student_of(act)
     report = export_quantized(student, tmp_path, onnx=True)
     meta, _ = read_export(tmp_path)
+    assert meta["version"] == 3  # a reader of v2 refuses it instead of loading rotated codes as plain ones
     a = meta["acts"]["roberta.encoder.layer.0.attention.self.query"]
     assert a["granularity"] == act["granularity"] and a["rotate"] == act["rotate"]
     assert ("scale" in a) == (act["granularity"] != "token")  # per-token ranges are taken at run time
@@ -78,3 +79,9 @@ def test_rotated_input_with_fp_weight_is_refused():
     student = make_student({"weight": None, "act": TOKEN_ROT, "embedding": EMB})
     with pytest.raises(SdqError, match="rotates its input but keeps its weight FP"):
         collect(student)
+
+
+def test_static_inputs_still_export_as_version_2(tmp_path):
+    static = {"bits": 8, "symmetric": False, "granularity": "tensor", "rotate": False}
+    export_quantized(student_of(static), tmp_path, onnx=False)
+    assert read_export(tmp_path)[0]["version"] == 2

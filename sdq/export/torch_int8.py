@@ -59,8 +59,8 @@ class ActQuantLinear(nn.Module):
 def int8_linear(linear: nn.Linear, key: str, packed: dict | None, act: dict,
                 arrays: dict[str, np.ndarray]) -> Int8Linear | None:
     """An Int8Linear from a packed weight + per-tensor activation params, or None when not int8-executable."""
-    if (packed is None or act["granularity"] != "tensor" or act.get("rotate") or act["bits"] > 8 or packed["scheme"] != "uniform"
-            or packed["granularity"] not in ("channel", "tensor") or packed["bits"] > 8
+    if (packed is None or act["granularity"] != "tensor" or act.get("rotate") or act["bits"] > 8
+            or packed["scheme"] != "uniform" or packed["granularity"] not in ("channel", "tensor") or packed["bits"] > 8
             or f"{key}.zero_point" in arrays or f"{key}.offset" in arrays):
         return None
     codes = codes_of(packed, arrays, key).reshape(linear.out_features, linear.in_features)

@@ -45,7 +45,8 @@ from sdq.export.report import ExportReport
 from sdq.export.run_info import RunInfo
 
 FORMAT = "sdq-packed"
-VERSION = 2  # v1 kept the packed weights in model.safetensors (read_export still reads it)
+VERSION = 3  # v3: rotated weights / per-token inputs; v1 kept the packed weights in model.safetensors
+STATIC_VERSION = 2  # what an export without them is written as, so that readers of v2 still load it
 META_FILE, WEIGHTS_FILE, MANIFEST_FILE, ONNX_FILE = "sdq_export.json", "sdq_packed.safetensors", "manifest.json", \
     "model.onnx"
 
@@ -168,8 +169,9 @@ def _write(model: nn.Module, out: Path, onnx: bool | str, labels=None, tokenizer
             raise SdqError(f"the tokenizer has {len(tokenizer)} tokens, the model's vocabulary {plain.config.vocab_size}: "
                            "not the run's tokenizer; pass the tokenizer of the student's backbone")
         tokenizer.save_pretrained(str(out))
-    meta = {"format": FORMAT, "version": VERSION, "architecture": type(plain).__name__, "weights_file": WEIGHTS_FILE,
-            "tensors": meta_tensors, "acts": col.acts, "attention_quantized": col.attention_quantized,
+    dynamic = any(a.get("rotate") or a["granularity"] == "token" for a in col.acts.values())
+    meta = {"format": FORMAT, "version": VERSION if dynamic else STATIC_VERSION, "architecture": type(plain).__name__,
+            "weights_file": WEIGHTS_FILE, "tensors": meta_tensors, "acts": col.acts, "attention_quantized": col.attention_quantized,
             "sizes": {"fp32": report.fp32_bytes, "packed": report.packed_bytes}}
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
     want_onnx = onnx is True or (onnx == "auto" and bool(col.acts))
