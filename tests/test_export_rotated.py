@@ -85,3 +85,16 @@ def test_static_inputs_still_export_as_version_2(tmp_path):
     static = {"bits": 8, "symmetric": False, "granularity": "tensor", "rotate": False}
     export_quantized(student_of(static), tmp_path, onnx=False)
     assert read_export(tmp_path)[0]["version"] == 2
+
+
+def test_rotated_weights_with_fp_inputs_export_as_version_3_and_run_rotated(tmp_path):
+    student = without_act_quant(student_of(TOKEN_ROT))  # rotated codes, no input quantizer to describe them
+    export_quantized(student, tmp_path, onnx=True)
+    meta, _ = read_export(tmp_path)
+    assert meta["acts"] == {} and meta["version"] == 3  # a v2 reader would load the rotated codes as plain ones
+    b = batch(4, 12, seed=3)
+    with torch.no_grad():
+        ref = student(**b).logits
+        assert torch.equal(load_quantized(tmp_path, backend="int8")(**b).logits, ref)  # rotated, as the student
+        ort = torch.as_tensor(load_quantized(tmp_path, backend="onnx")(**b).logits)
+    torch.testing.assert_close(ort, ref, rtol=0, atol=1e-5)

@@ -64,11 +64,11 @@ class ExportReport:
         per_channel = self.onnx.get("per_channel_acts", 0)
         tail = (f"; {per_channel} Linear inputs quantized per channel run as Q/DQ + float MatMul: per-tensor inputs "
                 "(quant=w8a8_int8) run as integer GEMMs") if per_channel else ""
-        if n_int or n_qatt:
-            return (f"model.onnx: int8 ({n_int} MatMulIntegerToFloat + {n_qatt} QAttention integer ops, "
-                    f"{ops.get('act_qdq', 0)} Q/DQ + {ops.get('float', 0)} float MatMuls{tail})")
         dynamic = (f", {ops['per_token']} with per-token input quantization in the graph" if ops.get("per_token")
                    else "") + (f", {ops['rotated']} with the input rotated first" if ops.get("rotated") else "")
+        if n_int or n_qatt:
+            return (f"model.onnx: int8 ({n_int} MatMulIntegerToFloat + {n_qatt} QAttention integer ops, "
+                    f"{ops.get('act_qdq', 0)} Q/DQ + {ops.get('float', 0)} float MatMuls{dynamic}{tail})")
         return (f"model.onnx: float (MatMuls with the dequantized weights: {ops.get('act_qdq', 0)} with Q/DQ input "
                 f"quantization{dynamic}, {ops.get('float', 0)} without; {ops.get('int_weight', 0)} weights stored as "
                 f"8-bit codes{tail})")

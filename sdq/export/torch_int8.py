@@ -36,8 +36,8 @@ class ActQuantLinear(nn.Module):
         super().__init__()
         self.linear, self.granularity = linear, act["granularity"]
         self.rotate, self.symmetric = bool(act.get("rotate", False)), bool(act.get("symmetric", False))
-        self.qmin, self.qmax = float(act["qmin"]), float(act["qmax"])
-        if self.granularity == "token":  # dynamic: no stored params
+        self.qmin, self.qmax = float(act.get("qmin", 0)), float(act.get("qmax", 0))
+        if self.granularity in ("token", "none"):  # dynamic, or an FP input (rotation only): no stored params
             self.scale = self.zero_point = None
             return
         shape = (1, 1) if self.granularity == "tensor" else (1, len(act["scale"]))
@@ -49,6 +49,8 @@ class ActQuantLinear(nn.Module):
             x = rotate(x)
         if self.granularity == "tensor":  # the student's grouped view: (1, numel)
             xq = fake_quant(x.reshape(1, -1), self.scale, self.zero_point, self.qmin, self.qmax)
+        elif self.granularity == "none":
+            xq = x
         elif self.granularity == "token":  # one range per row of (N, C)
             xq = fake_quant_per_token(x.reshape(-1, x.shape[-1]), self.qmin, self.qmax, self.symmetric)
         else:  # (C, N) view of (N, C) memory: per-column params on the (N, C) tensor
@@ -84,15 +86,19 @@ def int8_model(plain: nn.Module, meta: dict, arrays: dict[str, np.ndarray], comp
     for name, mod in list(plain.named_modules()):
         for child, lin in list(mod.named_children()):
             full = f"{name}.{child}" if name else child
-            if not isinstance(lin, nn.Linear) or full not in acts:
-                continue
             key = f"{full}.weight"
-            new = int8_linear(lin, key, meta["tensors"].get(key), acts[full], arrays)
+            packed = meta["tensors"].get(key) if isinstance(lin, nn.Linear) else None
+            act = acts.get(full)
+            if act is None and packed is not None and packed.get("rotated"):  # FP input, still rotated
+                act = {"granularity": "none", "rotate": True}
+            if not isinstance(lin, nn.Linear) or act is None:
+                continue
+            new = int8_linear(lin, key, packed, act, arrays)
             if new is not None:
                 new.compiled = compile
-            elif acts[full].get("rotate"):  # the student's weight in its rotated basis, bit for bit
-                lin.weight.data = dequantize(meta["tensors"][key], arrays, key).to(lin.weight.dtype)
-            setattr(mod, child, new if new is not None else ActQuantLinear(lin, acts[full]))
+            elif act.get("rotate"):  # the student's weight in its rotated basis, bit for bit
+                lin.weight.data = dequantize(packed, arrays, key).to(lin.weight.dtype)
+            setattr(mod, child, new if new is not None else ActQuantLinear(lin, act))
     if fuse:
         fuse_int8(plain)
     return plain.eval()

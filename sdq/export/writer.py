@@ -63,7 +63,9 @@ def write_manifest(out: Path) -> dict:
     """sha256 + size of every file in ``out`` except the manifest itself."""
     files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
              for p in sorted(out.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
-    (out / MANIFEST_FILE).write_text(json.dumps({"format": FORMAT, "version": VERSION, "files": files}, indent=1))
+    meta = out / META_FILE  # the manifest carries the version of the meta it lists
+    version = json.loads(meta.read_text()).get("version", VERSION) if meta.is_file() else VERSION
+    (out / MANIFEST_FILE).write_text(json.dumps({"format": FORMAT, "version": version, "files": files}, indent=1))
     return files
 
 
@@ -169,7 +171,8 @@ def _write(model: nn.Module, out: Path, onnx: bool | str, labels=None, tokenizer
             raise SdqError(f"the tokenizer has {len(tokenizer)} tokens, the model's vocabulary {plain.config.vocab_size}: "
                            "not the run's tokenizer; pass the tokenizer of the student's backbone")
         tokenizer.save_pretrained(str(out))
-    dynamic = any(a.get("rotate") or a["granularity"] == "token" for a in col.acts.values())
+    dynamic = (any(a.get("rotate") or a["granularity"] == "token" for a in col.acts.values())
+               or any(m.get("rotated") for m in meta_tensors.values()))  # rotated codes even with FP inputs
     meta = {"format": FORMAT, "version": VERSION if dynamic else STATIC_VERSION, "architecture": type(plain).__name__,
             "weights_file": WEIGHTS_FILE, "tensors": meta_tensors, "acts": col.acts, "attention_quantized": col.attention_quantized,
             "sizes": {"fp32": report.fp32_bytes, "packed": report.packed_bytes}}
