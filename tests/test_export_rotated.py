@@ -98,3 +98,24 @@ def test_rotated_weights_with_fp_inputs_export_as_version_3_and_run_rotated(tmp_
         assert torch.equal(load_quantized(tmp_path, backend="int8")(**b).logits, ref)  # rotated, as the student
         ort = torch.as_tensor(load_quantized(tmp_path, backend="onnx")(**b).logits)
     torch.testing.assert_close(ort, ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dense_max", [256, 4], ids=["H_p-dense", "H_p-split"])
+@pytest.mark.parametrize("n", [16, 48, 384])  # m = 1 and m = 12 (Paley's factor across the blocks)
+def test_onnx_rotation_nodes_compute_rotate(n, dense_max, monkeypatch):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from sdq.export.onnx_dynamic import Rotations
+    from sdq.quant import rotation
+
+    monkeypatch.setattr(rotation, "DENSE_MAX", dense_max)
+    inits: list = []
+    nodes, y = Rotations(inits).of("x", n)
+    graph = helper.make_graph(nodes, "rot", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, n])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = torch.randn(2, 3, n)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), rotation.rotate(x), rtol=0, atol=1e-5)

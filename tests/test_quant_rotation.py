@@ -16,7 +16,7 @@ from sdq.calib import calibrate, correct_bias, gptq
 from sdq.calib.calibrate import each_call
 from sdq.calib.gptq_teacher import gptq_teacher
 from sdq.errors import SdqConfigError
-from sdq.quant import QuantConfig, QuantizerConfig, prepare
+from sdq.quant import QuantConfig, QuantizerConfig, prepare, rotation
 from sdq.quant.factory import make_quantizer
 from sdq.quant.modules import QuantLinear
 from sdq.quant.per_token import PerTokenQuantizer
@@ -32,8 +32,10 @@ def sylvester(p: int) -> torch.Tensor:
     return h
 
 
+@pytest.mark.parametrize("dense_max", [256, 4], ids=["H_p-dense", "H_p-split"])
 @pytest.mark.parametrize("n", [1, 2, 16, 12, 48, 384])
-def test_rotation_is_the_signed_hadamard_matrix(n):
+def test_rotation_is_the_signed_hadamard_matrix(n, dense_max, monkeypatch):
+    monkeypatch.setattr(rotation, "DENSE_MAX", dense_max)  # both ways of applying H_p
     m = 12 if n % 12 == 0 else 1
     h = torch.kron(paley12().double(), sylvester(n // 12)) if m == 12 else sylvester(n)  # (n, n), entries ±1
     ref = torch.diag(_signs(n, "cpu", torch.float64)) @ h.T / math.sqrt(n)  # rotate(x) = x @ ref

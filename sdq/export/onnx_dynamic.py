@@ -1,9 +1,10 @@
 """ONNX nodes for a Linear input that the student rotates (``quant.act.rotate``) and quantizes per token
 (``granularity=token``): standard ops only, the student's arithmetic written out.
 
-- rotation: ``Mul`` by the ±1 signs, ``Reshape`` to (N, m, p1, p2), ``MatMul`` by the Sylvester factors on
-  both sides, by Paley's 12 x 12 across the blocks, ``Reshape`` back, ``Mul`` by 1/sqrt(n)
-  (:func:`sdq.quant.rotation.factors`; ~n (p1 + p2 + 12) multiply-adds per token instead of n^2);
+- rotation: ``Mul`` by the ±1 signs, ``Reshape`` to (N, m, p), ``MatMul`` by the Sylvester H_p (or by its
+  two factors on (N, m, p1, p2) for large p), by Paley's 12 x 12 across the m = 12 blocks (``Transpose``d
+  around it), ``Reshape`` back, ``Mul`` by 1/sqrt(n) (:func:`sdq.quant.rotation.factors`: the products of
+  :func:`~sdq.quant.rotation.rotate`, ~n (p + 12) multiply-adds per token instead of n^2);
 - per-token fake-quant: ``ReduceMin``/``ReduceMax`` over the last axis, the scale and zero point of
   :func:`sdq.quant.functional.scale_zero_point`, then ``(clip(round(x * (1/s)) + z) - z) * s``
   (``Round`` is half to even, as torch's).
@@ -54,19 +55,25 @@ class Rotations:
         f, p, inits = factors(n), f"rot{n}", self.inits
         if f"{p}.signs" not in {t.name for t in inits}:  # one copy of the factors per width
             for k, v in f.items():
-                _const(f"{p}.{k}", v.numpy(), inits)
+                _const(f"{p}.{k}", v.numpy().T if k == "h12" else v.numpy(), inits)  # h12 stored transposed
             _const(f"{p}.blocks", [-1, m, p1, p2], inits, np.int64)
             _const(f"{p}.rows", [-1, m, p1 * p2], inits, np.int64)
             _const(f"{p}.norm", np.float32(1.0 / math.sqrt(n)), inits)
         y = f"{x}.rot"
-        nodes = [helper.make_node("Mul", [x, f"{p}.signs"], [f"{y}.s"], name=f"{y}/Mul_signs"),
-                 helper.make_node("Reshape", [f"{y}.s", f"{p}.blocks"], [f"{y}.b"], name=f"{y}/Reshape_blocks"),
-                 helper.make_node("MatMul", [f"{y}.b", f"{p}.syl_p2"], [f"{y}.h2"], name=f"{y}/MatMul_p2"),
-                 helper.make_node("MatMul", [f"{p}.syl_p1", f"{y}.h2"], [f"{y}.h1"], name=f"{y}/MatMul_p1")]
-        last = f"{y}.h1"
-        if m > 1:
-            nodes += [helper.make_node("Reshape", [last, f"{p}.rows"], [f"{y}.r"], name=f"{y}/Reshape_rows"),
-                      helper.make_node("MatMul", [f"{p}.h12", f"{y}.r"], [f"{y}.h12"], name=f"{y}/MatMul_h12")]
+        nodes = [helper.make_node("Mul", [x, f"{p}.signs"], [f"{y}.s"], name=f"{y}/Mul_signs")]
+        if "syl_p" in f:  # H_p as one product on (N, m, p)
+            nodes += [helper.make_node("Reshape", [f"{y}.s", f"{p}.rows"], [f"{y}.b"], name=f"{y}/Reshape_rows"),
+                      helper.make_node("MatMul", [f"{y}.b", f"{p}.syl_p"], [f"{y}.h"], name=f"{y}/MatMul_p")]
+        else:  # H_p1 (x) H_p2 on (N, m, p1, p2)
+            nodes += [helper.make_node("Reshape", [f"{y}.s", f"{p}.blocks"], [f"{y}.b"], name=f"{y}/Reshape_blocks"),
+                      helper.make_node("MatMul", [f"{y}.b", f"{p}.syl_p2"], [f"{y}.h2"], name=f"{y}/MatMul_p2"),
+                      helper.make_node("MatMul", [f"{p}.syl_p1", f"{y}.h2"], [f"{y}.h"], name=f"{y}/MatMul_p1")]
+        last = f"{y}.h"
+        if m > 1:  # (N, m, p) -> (N, p, m) @ H12^T -> (N, m, p)
+            nodes += [helper.make_node("Reshape", [last, f"{p}.rows"], [f"{y}.r"], name=f"{y}/Reshape_mix"),
+                      helper.make_node("Transpose", [f"{y}.r"], [f"{y}.t"], perm=[0, 2, 1], name=f"{y}/Transpose_in"),
+                      helper.make_node("MatMul", [f"{y}.t", f"{p}.h12"], [f"{y}.m"], name=f"{y}/MatMul_h12"),
+                      helper.make_node("Transpose", [f"{y}.m"], [f"{y}.h12"], perm=[0, 2, 1], name=f"{y}/Transpose_out")]
             last = f"{y}.h12"
         nodes += [helper.make_node("Shape", [x], [f"{y}.shape"], name=f"{y}/Shape"),
                   helper.make_node("Reshape", [last, f"{y}.shape"], [f"{y}.u"], name=f"{y}/Reshape_back"),

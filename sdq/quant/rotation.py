@@ -2,7 +2,7 @@
 
 ``y = x W^T = rotate(x) rotate(W)^T`` for the orthogonal map ``rotate`` on the last dim: a fixed ±1 sign per
 channel, then the Hadamard transform (Sylvester for 2^k, Paley's 12 x 12 Kronecker 2^k), scaled by 1/sqrt(n);
-the transform is applied as products with its Kronecker factors (12, and two of about sqrt(2^k)).
+the transform is applied as products with its Kronecker factors (12, and H_p as one GEMM up to p = 256).
 Rotated, an outlier channel is spread over all channels, so a per-token activation range is set by the
 token's norm rather than by its largest channel. Sizes: 2^k or 12 * 2^k (384, 768, 1024, 1536, 3072, 4096).
 
@@ -60,28 +60,37 @@ def _factor(name: str, k: int, device, dtype) -> torch.Tensor:
     return _CACHE[key]
 
 
+DENSE_MAX = 256  # H_p as one dense p x p product up to this p (one GEMM), else as H_p1 (x) H_p2
+
+
 def dims(n: int) -> tuple[int, int, int]:
-    """``(m, p1, p2)`` with ``n = m * p1 * p2``: the transform is H12 (x) H_p1 (x) H_p2 (m = 12) or H_p1 (x) H_p2
-    (m = 1), Sylvester factors of about sqrt(n / m); ValueError for an unsupported n (:func:`supported`)."""
+    """``(m, p1, p2)`` with ``n = m * p1 * p2``: the transform is H12 (x) H_p (m = 12) or H_p (m = 1) with
+    p = p1 * p2, H_p = H_p1 (x) H_p2 (Sylvester factors of about sqrt(p)); ValueError for an unsupported n
+    (:func:`supported`)."""
     if not supported(n):
         raise ValueError(f"a Hadamard rotation needs 2^k or 12 * 2^k features, got {n}")
     m = 12 if n % 12 == 0 else 1
     p = n // m
-    p1 = 1 << ((p.bit_length() - 1) // 2)  # H_p = H_p1 (x) H_p2 (Sylvester), each applied as a small product
+    p1 = 1 << ((p.bit_length() - 1) // 2)
     return m, p1, p // p1
 
 
 def factors(n: int) -> dict[str, torch.Tensor]:
-    """The pieces of :func:`rotate` for size ``n`` (fp32, CPU), for graphs that apply it themselves (ONNX):
-    ``signs`` (n,), ``syl_p1`` (p1, p1), ``syl_p2`` (p2, p2) and ``h12`` (12, 12, when m = 12), all ±1;
-    ``rotate(x) = (H12 @ (syl_p1 @ (x * signs).reshape(-1, m, p1, p2) @ syl_p2).reshape(-1, m, p1 * p2))
-    .reshape(x.shape) / sqrt(n)``.
+    """The pieces of :func:`rotate` for size ``n`` (fp32, CPU), for graphs that apply it themselves (ONNX), all
+    ±1: ``signs`` (n,); ``syl_p`` (p, p) when p <= :data:`DENSE_MAX`, else ``syl_p1`` (p1, p1) and ``syl_p2``
+    (p2, p2); ``h12`` (12, 12) when m = 12. With y = (x * signs) reshaped to (N, m, p): y @ syl_p (or
+    syl_p1 @ y.reshape(N, m, p1, p2) @ syl_p2), then (y^T @ h12^T)^T per row, then / sqrt(n).
 
-    >>> f = factors(384); f["syl_p1"].shape, f["syl_p2"].shape     # (4, 4), (8, 8): 384 = 12 * 4 * 8
+    >>> f = factors(384); f["syl_p"].shape, f["h12"].shape     # (32, 32), (12, 12): 384 = 12 * 32
     """
     m, p1, p2 = dims(n)
     cpu, f32 = torch.device("cpu"), torch.float32
-    out = {"signs": _signs(n, cpu, f32), "syl_p1": _factor("syl", p1, cpu, f32), "syl_p2": _factor("syl", p2, cpu, f32)}
+    p = p1 * p2
+    out = {"signs": _signs(n, cpu, f32)}
+    if p <= DENSE_MAX:
+        out["syl_p"] = _factor("syl", p, cpu, f32)
+    else:
+        out |= {"syl_p1": _factor("syl", p1, cpu, f32), "syl_p2": _factor("syl", p2, cpu, f32)}
     if m > 1:
         out["h12"] = _factor("h12", 12, cpu, f32)
     return out
@@ -97,11 +106,14 @@ def rotate(x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
     y = x.reshape(-1, n)  # (N, n)
     if not inverse:
         y = y * d
-    y = y.reshape(-1, m, p1, p2) @ _factor("syl", p2, x.device, x.dtype)  # (N, m, p1, p2)
-    y = _factor("syl", p1, x.device, x.dtype) @ y
-    if m > 1:  # the 12-row blocks mixed by H12 (forward) or H12^T (inverse)
+    if p <= DENSE_MAX:  # H_p on each of the m blocks as one GEMM (H_p is symmetric)
+        y = y.reshape(-1, m, p) @ _factor("syl", p, x.device, x.dtype)  # (N, m, p)
+    else:
+        y = y.reshape(-1, m, p1, p2) @ _factor("syl", p2, x.device, x.dtype)  # (N, m, p1, p2)
+        y = _factor("syl", p1, x.device, x.dtype) @ y
+    if m > 1:  # the m = 12 blocks mixed by H12 (forward) or H12^T (inverse), as one GEMM on (N p, 12)
         h = _factor("h12", 12, x.device, x.dtype)
-        y = (h.T if inverse else h) @ y.reshape(-1, m, p)
+        y = (y.reshape(-1, m, p).transpose(1, 2) @ (h if inverse else h.T)).transpose(1, 2)  # (N, m, p)
     y = y.reshape(-1, n) * (1.0 / math.sqrt(n))
     if inverse:
         y = y * d
