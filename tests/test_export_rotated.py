@@ -119,3 +119,16 @@ def test_onnx_rotation_nodes_compute_rotate(n, dense_max, monkeypatch):
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"x": x.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(got), rotation.rotate(x), rtol=0, atol=1e-5)
+
+
+def test_rotated_non_uniform_weights_run_in_the_rotated_basis(tmp_path):
+    kmeans = {"bits": 4, "scheme": "kmeans", "granularity": "channel"}  # no 8-bit codes: a float initializer
+    student = make_student({"weight": kmeans, "act": TOKEN_ROT, "embedding": EMB})
+    export_quantized(student, tmp_path, onnx=True)
+    b = batch(4, 12, seed=3)
+    with torch.no_grad():
+        ref = student(**b).logits
+        assert torch.equal(load_quantized(tmp_path, backend="int8")(**b).logits, ref)
+        ort = torch.as_tensor(load_quantized(tmp_path, backend="onnx")(**b).logits)
+        dropped = (without_act_quant(student)(**b).logits - ref).abs().max()
+    assert (ort - ref).abs().max() <= 0.01 * dropped

@@ -193,8 +193,8 @@ def rewrite_linears(model: onnx.ModelProto, plans: dict[str, LinearPlan], check_
                 rot, x = rotations.of(x, plan.weight.shape[1])
                 nodes += rot
                 if plan.grouped is None:  # the effective weight in the rotated basis, (in, out)
-                    new_inits.append(numpy_helper.from_array(np.ascontiguousarray(plan.rotated.T), f"{name}.w_rot"))
                     w = f"{name}.w_rot"
+                    new_inits.append(numpy_helper.from_array(np.ascontiguousarray(plan.rotated.T), w))
                 counts["rotated"] += 1
             if isinstance(plan.act, TokenQuant):
                 qdq, x = token_nodes(x, name, plan.act, new_inits)

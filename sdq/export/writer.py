@@ -173,8 +173,9 @@ def _write(model: nn.Module, out: Path, onnx: bool | str, labels=None, tokenizer
         tokenizer.save_pretrained(str(out))
     dynamic = (any(a.get("rotate") or a["granularity"] == "token" for a in col.acts.values())
                or any(m.get("rotated") for m in meta_tensors.values()))  # rotated codes even with FP inputs
-    meta = {"format": FORMAT, "version": VERSION if dynamic else STATIC_VERSION, "architecture": type(plain).__name__,
-            "weights_file": WEIGHTS_FILE, "tensors": meta_tensors, "acts": col.acts, "attention_quantized": col.attention_quantized,
+    meta = {"format": FORMAT, "version": VERSION if dynamic else STATIC_VERSION,
+            "architecture": type(plain).__name__, "weights_file": WEIGHTS_FILE, "tensors": meta_tensors,
+            "acts": col.acts, "attention_quantized": col.attention_quantized,
             "sizes": {"fp32": report.fp32_bytes, "packed": report.packed_bytes}}
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
     want_onnx = onnx is True or (onnx == "auto" and bool(col.acts))
