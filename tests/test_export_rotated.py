@@ -5,6 +5,7 @@ graph's own rotation and per-token quantization against the student's."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -43,6 +44,7 @@ def test_export_of_rotated_and_per_token_inputs_runs_the_students_arithmetic(tmp
     report = export_quantized(student, tmp_path, onnx=True)
     meta, _ = read_export(tmp_path)
     assert meta["version"] == 3  # a reader of v2 refuses it instead of loading rotated codes as plain ones
+    assert json.loads((tmp_path / "manifest.json").read_text())["version"] == 3  # the manifest agrees
     a = meta["acts"]["roberta.encoder.layer.0.attention.self.query"]
     assert a["granularity"] == act["granularity"] and a["rotate"] == act["rotate"]
     assert ("scale" in a) == (act["granularity"] != "token")  # per-token ranges are taken at run time

@@ -63,10 +63,18 @@ def write_manifest(out: Path) -> dict:
     """sha256 + size of every file in ``out`` except the manifest itself."""
     files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
              for p in sorted(out.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
-    meta = out / META_FILE  # the manifest carries the version of the meta it lists
-    version = json.loads(meta.read_text()).get("version", VERSION) if meta.is_file() else VERSION
-    (out / MANIFEST_FILE).write_text(json.dumps({"format": FORMAT, "version": version, "files": files}, indent=1))
+    (out / MANIFEST_FILE).write_text(json.dumps({"format": FORMAT, "version": _meta_version(out), "files": files},
+                                                indent=1))
     return files
+
+
+def _meta_version(out: Path) -> int:
+    """The version ``sdq_export.json`` in ``out`` declares (the manifest carries it too); VERSION when it has none
+    or is unreadable (reading the export then fails on the meta itself, with one SdqError)."""
+    try:
+        return int(json.loads((out / META_FILE).read_text())["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return VERSION
 
 
 def check_target(out: Path) -> None:
