@@ -87,6 +87,7 @@ def test_static_inputs_still_export_as_version_2(tmp_path):
     static = {"bits": 8, "symmetric": False, "granularity": "tensor", "rotate": False}
     export_quantized(student_of(static), tmp_path, onnx=False)
     assert read_export(tmp_path)[0]["version"] == 2
+    assert json.loads((tmp_path / "manifest.json").read_text())["version"] == 2  # the manifest agrees
 
 
 def test_rotated_weights_with_fp_inputs_export_as_version_3_and_run_rotated(tmp_path):
