@@ -75,24 +75,25 @@ def dims(n: int) -> tuple[int, int, int]:
     return m, p1, p // p1
 
 
-def factors(n: int) -> dict[str, torch.Tensor]:
-    """The pieces of :func:`rotate` for size ``n`` (fp32, CPU), for graphs that apply it themselves (ONNX), all
-    ±1: ``signs`` (n,); ``syl_p`` (p, p) when p <= :data:`DENSE_MAX`, else ``syl_p1`` (p1, p1) and ``syl_p2``
-    (p2, p2); ``h12`` (12, 12) when m = 12. With y = (x * signs) reshaped to (N, m, p): y @ syl_p (or
-    syl_p1 @ y.reshape(N, m, p1, p2) @ syl_p2), then (y^T @ h12^T)^T per row, then / sqrt(n).
+def factors(n: int, device=None, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The pieces of :func:`rotate` for size ``n`` (cached, on ``device``, CPU by default), also for graphs that
+    apply it themselves (ONNX), all ±1: ``signs`` (n,); ``syl_p`` (p, p) when p <= :data:`DENSE_MAX`, else
+    ``syl_p1`` (p1, p1) and ``syl_p2`` (p2, p2); ``h12`` (12, 12) when m = 12. With y = (x * signs) reshaped to
+    (N, m, p): y @ syl_p (or syl_p1 @ y.reshape(N, m, p1, p2) @ syl_p2), then (y^T @ h12^T)^T per row, then
+    / sqrt(n).
 
     >>> f = factors(384); f["syl_p"].shape, f["h12"].shape     # (32, 32), (12, 12): 384 = 12 * 32
     """
     m, p1, p2 = dims(n)
-    cpu, f32 = torch.device("cpu"), torch.float32
+    device = torch.device("cpu") if device is None else device
     p = p1 * p2
-    out = {"signs": _signs(n, cpu, f32)}
+    out = {"signs": _signs(n, device, dtype)}
     if p <= DENSE_MAX:
-        out["syl_p"] = _factor("syl", p, cpu, f32)
+        out["syl_p"] = _factor("syl", p, device, dtype)
     else:
-        out |= {"syl_p1": _factor("syl", p1, cpu, f32), "syl_p2": _factor("syl", p2, cpu, f32)}
+        out |= {"syl_p1": _factor("syl", p1, device, dtype), "syl_p2": _factor("syl", p2, device, dtype)}
     if m > 1:
-        out["h12"] = _factor("h12", 12, cpu, f32)
+        out["h12"] = _factor("h12", 12, device, dtype)
     return out
 
 
@@ -102,19 +103,18 @@ def rotate(x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
     n = x.shape[-1]
     m, p1, p2 = dims(n)
     p = p1 * p2
-    d = _signs(n, x.device, x.dtype)
+    f = factors(n, x.device, x.dtype)
     y = x.reshape(-1, n)  # (N, n)
     if not inverse:
-        y = y * d
-    if p <= DENSE_MAX:  # H_p on each of the m blocks as one GEMM (H_p is symmetric)
-        y = y.reshape(-1, m, p) @ _factor("syl", p, x.device, x.dtype)  # (N, m, p)
+        y = y * f["signs"]
+    if "syl_p" in f:  # H_p on each of the m blocks as one GEMM (H_p is symmetric)
+        y = y.reshape(-1, m, p) @ f["syl_p"]  # (N, m, p)
     else:
-        y = y.reshape(-1, m, p1, p2) @ _factor("syl", p2, x.device, x.dtype)  # (N, m, p1, p2)
-        y = _factor("syl", p1, x.device, x.dtype) @ y
+        y = f["syl_p1"] @ (y.reshape(-1, m, p1, p2) @ f["syl_p2"])  # (N, m, p1, p2)
     if m > 1:  # the m = 12 blocks mixed by H12 (forward) or H12^T (inverse), as one GEMM on (N p, 12)
-        h = _factor("h12", 12, x.device, x.dtype)
+        h = f["h12"]
         y = (y.reshape(-1, m, p).transpose(1, 2) @ (h if inverse else h.T)).transpose(1, 2)  # (N, m, p)
     y = y.reshape(-1, n) * (1.0 / math.sqrt(n))
     if inverse:
-        y = y * d
+        y = y * f["signs"]
     return y.reshape(x.shape)
