@@ -29,15 +29,17 @@ from sdq.quant.rotation import rotate
 
 class ActQuantLinear(nn.Module):
     """A Linear whose input is fake-quantized as the student's: static params (per tensor or channel) or
-    each token's own range (``granularity="token"``), after the student's rotation when ``act["rotate"]``
-    (then ``linear`` holds the weight in the rotated basis, as the student's forward uses it)."""
+    each token's own range (``granularity="token"``), or not at all (``act`` None); after the student's
+    rotation when ``rotate`` (then ``linear`` holds the weight in the rotated basis, as the student's forward
+    uses it)."""
 
-    def __init__(self, linear: nn.Linear, act: dict):
+    def __init__(self, linear: nn.Linear, act: dict | None, rotate: bool = False):
         super().__init__()
-        self.linear, self.granularity = linear, act["granularity"]
-        self.rotate, self.symmetric = bool(act.get("rotate", False)), bool(act.get("symmetric", False))
+        act = act or {}
+        self.linear, self.granularity, self.rotate = linear, act.get("granularity"), rotate
+        self.symmetric = bool(act.get("symmetric", False))
         self.qmin, self.qmax = float(act.get("qmin", 0)), float(act.get("qmax", 0))
-        if self.granularity in ("token", "none"):  # dynamic, or an FP input (rotation only): no stored params
+        if self.granularity in ("token", None):  # dynamic, or an FP input (rotation only): no stored params
             self.scale = self.zero_point = None
             return
         shape = (1, 1) if self.granularity == "tensor" else (1, len(act["scale"]))
@@ -49,7 +51,7 @@ class ActQuantLinear(nn.Module):
             x = rotate(x)
         if self.granularity == "tensor":  # the student's grouped view: (1, numel)
             xq = fake_quant(x.reshape(1, -1), self.scale, self.zero_point, self.qmin, self.qmax)
-        elif self.granularity == "none":
+        elif self.granularity is None:
             xq = x
         elif self.granularity == "token":  # one range per row of (N, C)
             xq = fake_quant_per_token(x.reshape(-1, x.shape[-1]), self.qmin, self.qmax, self.symmetric)
@@ -61,7 +63,7 @@ class ActQuantLinear(nn.Module):
 def int8_linear(linear: nn.Linear, key: str, packed: dict | None, act: dict,
                 arrays: dict[str, np.ndarray]) -> Int8Linear | None:
     """An Int8Linear from a packed weight + per-tensor activation params, or None when not int8-executable."""
-    if (packed is None or act["granularity"] != "tensor" or act.get("rotate") or act["bits"] > 8
+    if (packed is None or packed.get("rotated") or act["granularity"] != "tensor" or act["bits"] > 8
             or packed["scheme"] != "uniform" or packed["granularity"] not in ("channel", "tensor") or packed["bits"] > 8
             or f"{key}.zero_point" in arrays or f"{key}.offset" in arrays):
         return None
@@ -87,18 +89,16 @@ def int8_model(plain: nn.Module, meta: dict, arrays: dict[str, np.ndarray], comp
         for child, lin in list(mod.named_children()):
             full = f"{name}.{child}" if name else child
             key = f"{full}.weight"
-            packed = meta["tensors"].get(key) if isinstance(lin, nn.Linear) else None
-            act = acts.get(full)
-            if act is None and packed is not None and packed.get("rotated"):  # FP input, still rotated
-                act = {"granularity": "none", "rotate": True}
-            if not isinstance(lin, nn.Linear) or act is None:
+            packed, act = meta["tensors"].get(key), acts.get(full)
+            rotated = bool(packed and packed.get("rotated"))  # the input rotated (even when not quantized)
+            if not isinstance(lin, nn.Linear) or (act is None and not rotated):
                 continue
-            new = int8_linear(lin, key, packed, act, arrays)
+            new = None if act is None else int8_linear(lin, key, packed, act, arrays)
             if new is not None:
                 new.compiled = compile
-            elif act.get("rotate"):  # the student's weight in its rotated basis, bit for bit
+            elif rotated:  # the student's weight in its rotated basis, bit for bit
                 lin.weight.data = dequantize(packed, arrays, key).to(lin.weight.dtype)
-            setattr(mod, child, new if new is not None else ActQuantLinear(lin, act))
+            setattr(mod, child, new if new is not None else ActQuantLinear(lin, act, rotated))
     if fuse:
         fuse_int8(plain)
     return plain.eval()

@@ -179,8 +179,8 @@ def _write(model: nn.Module, out: Path, onnx: bool | str, labels=None, tokenizer
             raise SdqError(f"the tokenizer has {len(tokenizer)} tokens, the model's vocabulary {plain.config.vocab_size}: "
                            "not the run's tokenizer; pass the tokenizer of the student's backbone")
         tokenizer.save_pretrained(str(out))
-    dynamic = (any(a.get("rotate") or a["granularity"] == "token" for a in col.acts.values())
-               or any(m.get("rotated") for m in meta_tensors.values()))  # rotated codes even with FP inputs
+    dynamic = (any(a["granularity"] == "token" for a in col.acts.values())  # rotated inputs: rotated codes
+               or any(m.get("rotated") for m in meta_tensors.values()))  # (collect refuses them on FP weights)
     meta = {"format": FORMAT, "version": VERSION if dynamic else STATIC_VERSION,
             "architecture": type(plain).__name__, "weights_file": WEIGHTS_FILE, "tensors": meta_tensors,
             "acts": col.acts, "attention_quantized": col.attention_quantized,
