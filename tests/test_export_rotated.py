@@ -66,7 +66,7 @@ def test_export_of_rotated_and_per_token_inputs_runs_the_students_arithmetic(tmp
     assert (ort - ref).abs().max() <= 0.01 * dropped  # the graph quantizes the inputs as the student does
 
 
-def test_onnx_rotates_a_shared_input_once(tmp_path):
+def test_onnx_rotates_and_quantizes_a_shared_input_once(tmp_path):
     import onnx
 
     export_quantized(student_of(TOKEN_ROT), tmp_path, onnx=True)
@@ -74,6 +74,7 @@ def test_onnx_rotates_a_shared_input_once(tmp_path):
     rotations = [n for n in graph.node if n.op_type == "Mul" and n.name.endswith("/Mul_norm")]
     # per layer: Q/K/V's shared input, the attention output's, the FFN's two: 4 rotations for 6 Linears
     assert len(rotations) == 2 * 4
+    assert sum(n.op_type == "ReduceMin" for n in graph.node) == 2 * 4  # per-token ranges: once per input too
     assert len({t.name for t in graph.initializer if t.name.endswith(".signs")}) == 2  # widths 32 and 64
 
 
@@ -109,12 +110,12 @@ def test_onnx_rotation_nodes_compute_rotate(n, dense_max, monkeypatch):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from sdq.export.onnx_dynamic import Rotations
+    from sdq.export.onnx_dynamic import SharedInputs
     from sdq.quant import rotation
 
     monkeypatch.setattr(rotation, "DENSE_MAX", dense_max)
     inits: list = []
-    nodes, y = Rotations(inits).of("x", n)
+    nodes, y = SharedInputs(inits).rotated("x", n)
     graph = helper.make_graph(nodes, "rot", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, n])],
                               [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

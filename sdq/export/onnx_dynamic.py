@@ -9,10 +9,10 @@
   :func:`sdq.quant.functional.scale_zero_point`, then ``(clip(round(x * (1/s)) + z) - z) * s``
   (``Round`` is half to even, as torch's).
 
-Q, K and V share one input: :class:`Rotations` rotates each tensor once.
+Q, K and V share one input: :class:`SharedInputs` rotates and quantizes each tensor once.
 
->>> rot = Rotations(inits); nodes, xr = rot.of("x", 384)
->>> more, xq = token_nodes(xr, "layer.0.query", TokenQuant(0, 255, False), inits)
+>>> shared = SharedInputs(inits); nodes, xr = shared.rotated("x", 384)
+>>> more, xq = shared.per_token(xr, TokenQuant(0, 255, False))      # ([], xq) when already built
 """
 
 from __future__ import annotations
@@ -41,19 +41,29 @@ def _const(name: str, value, inits: list, dtype=np.float32) -> str:
     return name
 
 
-class Rotations:
-    """The rotated copy of each input tensor, built once (its nodes returned by the first :meth:`of`)."""
+class SharedInputs:
+    """The rotated and the per-token-quantized copy of each input tensor, each built once (its nodes returned
+    by the first call; Q, K and V share their input)."""
 
     def __init__(self, inits: list):
-        self.inits, self.done = inits, {}
+        self.inits, self.done, self.widths = inits, {}, set()
 
-    def of(self, x: str, n: int) -> tuple[list, str]:
+    def per_token(self, x: str, q: TokenQuant) -> tuple[list, str]:
+        """Nodes (empty when already built) and the name of ``x`` fake-quantized per token as ``q``."""
+        if (x, q) in self.done:
+            return [], self.done[(x, q)]
+        nodes, xq = token_nodes(x, f"{x}.q{q.qmin}_{q.qmax}{'s' if q.symmetric else ''}", q, self.inits)
+        self.done[(x, q)] = xq
+        return nodes, xq
+
+    def rotated(self, x: str, n: int) -> tuple[list, str]:
         """Nodes (empty when already built) and the name of ``rotate(x)`` for x (..., n)."""
         if x in self.done:
             return [], self.done[x]
         m, p1, p2 = dims(n)
         f, p, inits = factors(n), f"rot{n}", self.inits
-        if f"{p}.signs" not in {t.name for t in inits}:  # one copy of the factors per width
+        if n not in self.widths:  # one copy of the factors per width
+            self.widths.add(n)
             for k, v in f.items():
                 _const(f"{p}.{k}", v.numpy().T if k == "h12" else v.numpy(), inits)  # h12 stored transposed
             _const(f"{p}.blocks", [-1, m, p1, p2], inits, np.int64)
@@ -83,7 +93,8 @@ class Rotations:
 
 
 def token_nodes(x: str, name: str, q: TokenQuant, inits: list) -> tuple[list, str]:
-    """Nodes and output name of ``x`` fake-quantized per token (each row of its last axis its own range)."""
+    """Nodes and output name of ``x`` fake-quantized per token (each row of its last axis its own range);
+    ``name`` prefixes every node, output and constant."""
     c = lambda s, v: _const(f"{name}.{s}", v, inits)
     t = f"{name}.tok"
     n = lambda op, ins, out, **kw: helper.make_node(op, ins, [f"{t}.{out}"], name=f"{t}/{out}", **kw)

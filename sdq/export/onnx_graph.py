@@ -29,7 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from sdq.errors import SdqError
-from sdq.export.onnx_dynamic import Rotations, TokenQuant, token_nodes
+from sdq.export.onnx_dynamic import SharedInputs, TokenQuant
 
 
 @dataclass(eq=False)
@@ -164,7 +164,7 @@ def rewrite_linears(model: onnx.ModelProto, plans: dict[str, LinearPlan], check_
     found: set[str] = set()
     new_nodes, new_inits = [], []
     counts = {"integer": 0, "act_qdq": 0, "float": 0, "int_weight": 0, "per_token": 0, "rotated": 0}
-    rotations = Rotations(new_inits)
+    shared = SharedInputs(new_inits)  # rotations and per-token quantizations, once per input tensor
     for node in graph.node:
         name = scope_of(node.name) if node.op_type == "MatMul" else ""
         plan = plans.get(name)
@@ -190,14 +190,14 @@ def rewrite_linears(model: onnx.ModelProto, plans: dict[str, LinearPlan], check_
         else:
             nodes, w = ([], b) if plan.grouped is None else _dequant_weight(plan, name, new_inits)
             if plan.rotated is not None:
-                rot, x = rotations.of(x, plan.weight.shape[1])
+                rot, x = shared.rotated(x, plan.weight.shape[1])
                 nodes += rot
                 if plan.grouped is None:  # the effective weight in the rotated basis, (in, out)
                     w = f"{name}.w_rot"
                     new_inits.append(numpy_helper.from_array(np.ascontiguousarray(plan.rotated.T), w))
                 counts["rotated"] += 1
             if isinstance(plan.act, TokenQuant):
-                qdq, x = token_nodes(x, name, plan.act, new_inits)
+                qdq, x = shared.per_token(x, plan.act)
                 nodes += qdq
             elif plan.act is not None:
                 qdq, x = _act_nodes(x, name, plan.act, dequant=True, inits=new_inits)
